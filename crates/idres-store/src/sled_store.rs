@@ -1,0 +1,729 @@
+//! The sled 0.34 implementation of [`Store`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use idres_model::{types, validate_values, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
+
+use crate::keys;
+use crate::record::RecordBytes;
+use crate::{
+    Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, Store, StoreError,
+    WriteCallback, WriteRequest, SCHEMA_VERSION,
+};
+
+/// Settings of a [`SledStore`].
+#[derive(Debug, Clone)]
+pub struct SledConfig {
+    /// Directory of the database.
+    pub path: PathBuf,
+    /// Bytes of sled's page cache.
+    pub cache_bytes: u64,
+    /// Most mutations committed together in one group.
+    pub max_group_mutations: usize,
+}
+
+impl SledConfig {
+    /// Defaults for a store in `path`: a 64 MiB cache and groups of up to
+    /// 20,000 mutations.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            cache_bytes: 64 << 20,
+            max_group_mutations: 20_000,
+        }
+    }
+}
+
+type PrefixMap = HashMap<String, Arc<PrefixHome>>;
+
+#[derive(Debug)]
+struct Shared {
+    db: sled::Db,
+    last_seq: AtomicU64,
+    handle_count: AtomicUsize,
+    prefixes: RwLock<Arc<PrefixMap>>,
+}
+
+struct Job {
+    request: WriteRequest,
+    done: WriteCallback,
+}
+
+/// A [`Store`] in a sled database.
+#[derive(Debug)]
+pub struct SledStore {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn now_secs() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+        .unwrap_or(0)
+}
+
+fn read_u64(db: &sled::Db, key: &[u8]) -> Result<u64, StoreError> {
+    match db.get(key).map_err(io)? {
+        None => Ok(0),
+        Some(v) => {
+            let arr: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: "not 8 bytes".into(),
+            })?;
+            Ok(u64::from_be_bytes(arr))
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens or creates the store and starts its writer.
+    pub fn open(config: SledConfig) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(io)?;
+        match db.get(keys::META_SCHEMA).map_err(io)? {
+            None => {
+                db.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(io)?;
+                db.flush().map_err(io)?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        key: "schema".into(),
+                        reason: "not 4 bytes".into(),
+                    })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::UnsupportedSchema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        let last_seq = read_u64(&db, keys::META_LAST_SEQ)?;
+        let handle_count = read_u64(&db, keys::META_HANDLE_COUNT)? as usize;
+        let mut prefixes = HashMap::new();
+        let mut start = keys::handle(PREFIX_RECORD_PREFIX);
+        start.push(b'/');
+        for item in db.scan_prefix(&start) {
+            let (k, v) = item.map_err(io)?;
+            let key = std::str::from_utf8(&k[1..]).map_err(|_| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: "key is not UTF-8".into(),
+            })?;
+            if let Some(home) = prefix_home_from(key, &RecordBytes::from_ivec(v))? {
+                prefixes.insert(home.prefix.as_str().to_owned(), Arc::new(home));
+            }
+        }
+        let shared = Arc::new(Shared {
+            db,
+            last_seq: AtomicU64::new(last_seq),
+            handle_count: AtomicUsize::new(handle_count),
+            prefixes: RwLock::new(Arc::new(prefixes)),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer_shared = Arc::clone(&shared);
+        let max = config.max_group_mutations.max(1);
+        let writer = std::thread::Builder::new()
+            .name("idres-store-writer".into())
+            .spawn(move || writer_loop(&writer_shared, &rx, max))
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(Self {
+            shared,
+            jobs: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// Stops the writer after it has committed every request already
+    /// submitted, and flushes. Later writes fail with [`StoreError::Closed`].
+    pub fn close(&self) -> Result<(), StoreError> {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        self.shared.db.flush().map_err(io).map(drop)
+    }
+
+    /// Bytes the database takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.shared.db.size_on_disk().map_err(io)
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+    }
+}
+
+fn prefix_home_from(key: &str, rec: &RecordBytes) -> Result<Option<PrefixHome>, StoreError> {
+    let Some(suffix) = key
+        .strip_prefix(PREFIX_RECORD_PREFIX)
+        .and_then(|k| k.strip_prefix('/'))
+    else {
+        return Ok(None);
+    };
+    let Ok(prefix) = Prefix::parse(suffix) else {
+        return Ok(None);
+    };
+    let values = rec.values().map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let service_values = values
+        .into_iter()
+        .filter(|v| {
+            v.permissions.public_read()
+                && [
+                    types::HS_SITE,
+                    types::HS_SERV,
+                    types::HS_SITE_PREFIX,
+                    types::HS_SERV_PREFIX,
+                ]
+                .iter()
+                .any(|t| v.value_type.eq_ignore_ascii_case(t))
+        })
+        .collect();
+    Ok(Some(PrefixHome {
+        prefix,
+        service_values,
+    }))
+}
+
+fn writer_loop(shared: &Shared, jobs: &Receiver<Job>, max_group: usize) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        let mut mutations = group[0].request.mutations.len();
+        while mutations < max_group {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    mutations += job.request.mutations.len();
+                    group.push(job);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let outcomes = commit_group(shared, &group);
+        match outcomes {
+            Ok(outcomes) => {
+                for (job, outcome) in group.into_iter().zip(outcomes) {
+                    (job.done)(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed");
+                let msg = e.to_string();
+                for job in group {
+                    (job.done)(Err(StoreError::Io(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Changes staged by one group commit.
+struct Group<'s> {
+    shared: &'s Shared,
+    batch: sled::Batch,
+    /// Records changed in this group: key -> new stored bytes or deleted.
+    overlay: HashMap<String, Option<Vec<u8>>>,
+    idempotency: HashMap<Vec<u8>, u64>,
+    next_seq: u64,
+    count_delta: isize,
+    time: u32,
+}
+
+impl<'s> Group<'s> {
+    fn current(&self, key: &str) -> Result<Option<Vec<HandleValue>>, StoreError> {
+        let bytes = match self.overlay.get(key) {
+            Some(None) => return Ok(None),
+            Some(Some(b)) => RecordBytes::from_stored(b.clone().into()),
+            None => match self.shared.db.get(keys::handle(key)).map_err(io)? {
+                None => return Ok(None),
+                Some(v) => RecordBytes::from_ivec(v),
+            },
+        };
+        bytes.values().map(Some).map_err(|e| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.is_some()),
+            None => self.shared.db.contains_key(keys::handle(key)).map_err(io),
+        }
+    }
+
+    fn applied_key(&self, k: &[u8]) -> Result<Option<u64>, StoreError> {
+        if let Some(seq) = self.idempotency.get(k) {
+            return Ok(Some(*seq));
+        }
+        match self.shared.db.get(keys::idempotency(k)).map_err(io)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                <[u8; 8]>::try_from(v.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0),
+            )),
+        }
+    }
+
+    /// Applies one request to the group, or refuses it leaving the group as
+    /// it was.
+    fn apply(
+        &mut self,
+        req: &WriteRequest,
+    ) -> Result<Result<Committed, MutationError>, StoreError> {
+        if let Some(k) = &req.idempotency_key {
+            if let Some(seq) = self.applied_key(k)? {
+                return Ok(Ok(Committed {
+                    last_seq: seq,
+                    replayed: true,
+                }));
+            }
+        }
+        // Stage the request's effects locally; merge only if all succeed.
+        let mut staged: Vec<(String, Option<Vec<HandleValue>>)> = Vec::new();
+        let mut local: HashMap<String, Option<Vec<HandleValue>>> = HashMap::new();
+        for m in &req.mutations {
+            let handle = m.handle();
+            let key = handle.key().to_owned();
+            let existed_before = match local.get(&key) {
+                Some(v) => v.is_some(),
+                None => self.exists(&key)?,
+            };
+            let load = |this: &Self, local: &HashMap<String, Option<Vec<HandleValue>>>| match local
+                .get(&key)
+            {
+                Some(v) => Ok(v.clone()),
+                None => this.current(&key),
+            };
+            let new = match apply_mutation(m, existed_before, || load(self, &local))? {
+                Ok(new) => new,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(values) = &new {
+                if let Err(source) = validate_values(values) {
+                    return Ok(Err(MutationError::Invalid {
+                        handle: handle.as_str().to_owned(),
+                        source,
+                    }));
+                }
+            }
+            local.insert(key.clone(), new.clone());
+            staged.push((key, new));
+        }
+        for (key, new) in &staged {
+            let was = self.exists(key)?;
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let kind = if new.is_some() {
+                ChangeKind::Put
+            } else {
+                ChangeKind::Delete
+            };
+            match new {
+                Some(values) => {
+                    let bytes = RecordBytes::encode(values);
+                    self.batch.insert(keys::handle(key), bytes.clone());
+                    self.overlay.insert(key.clone(), Some(bytes));
+                    if !was {
+                        self.count_delta += 1;
+                    }
+                }
+                None => {
+                    self.batch.remove(keys::handle(key));
+                    self.overlay.insert(key.clone(), None);
+                    if was {
+                        self.count_delta -= 1;
+                    }
+                }
+            }
+            self.batch
+                .insert(&keys::change(seq), encode_change(self.time, kind, key));
+        }
+        let last_seq = self.next_seq - 1;
+        if let Some(k) = &req.idempotency_key {
+            self.batch
+                .insert(keys::idempotency(k), &last_seq.to_be_bytes());
+            self.idempotency.insert(k.clone(), last_seq);
+        }
+        Ok(Ok(Committed {
+            last_seq,
+            replayed: false,
+        }))
+    }
+}
+
+/// The values a handle has after `m`, `None` if it no longer exists.
+fn apply_mutation(
+    m: &Mutation,
+    exists: bool,
+    load: impl FnOnce() -> Result<Option<Vec<HandleValue>>, StoreError>,
+) -> Result<Result<Option<Vec<HandleValue>>, MutationError>, StoreError> {
+    let name = |h: &Handle| h.as_str().to_owned();
+    Ok(match m {
+        Mutation::Put { values, .. } => Ok(Some(values.clone())),
+        Mutation::Create { handle, values } => {
+            if exists {
+                Err(MutationError::HandleExists(name(handle)))
+            } else {
+                Ok(Some(values.clone()))
+            }
+        }
+        Mutation::Delete { handle } => {
+            if exists {
+                Ok(None)
+            } else {
+                Err(MutationError::HandleNotFound(name(handle)))
+            }
+        }
+        Mutation::DeleteIfExists { .. } => Ok(None),
+        Mutation::AddValues { handle, values } => match load()? {
+            None => Err(MutationError::HandleNotFound(name(handle))),
+            Some(mut cur) => {
+                for v in values {
+                    if cur.iter().any(|c| c.index == v.index) {
+                        return Ok(Err(MutationError::ValueExists {
+                            handle: name(handle),
+                            index: v.index,
+                        }));
+                    }
+                    cur.push(v.clone());
+                }
+                Ok(Some(cur))
+            }
+        },
+        Mutation::RemoveValues { handle, indexes } => match load()? {
+            None => Err(MutationError::HandleNotFound(name(handle))),
+            Some(mut cur) => {
+                for i in indexes {
+                    let Some(pos) = cur.iter().position(|c| c.index == *i) else {
+                        return Ok(Err(MutationError::ValueNotFound {
+                            handle: name(handle),
+                            index: *i,
+                        }));
+                    };
+                    cur.remove(pos);
+                }
+                Ok(Some(cur))
+            }
+        },
+        Mutation::ModifyValues { handle, values } => match load()? {
+            None => Err(MutationError::HandleNotFound(name(handle))),
+            Some(mut cur) => {
+                for v in values {
+                    let Some(slot) = cur.iter_mut().find(|c| c.index == v.index) else {
+                        return Ok(Err(MutationError::ValueNotFound {
+                            handle: name(handle),
+                            index: v.index,
+                        }));
+                    };
+                    *slot = v.clone();
+                }
+                Ok(Some(cur))
+            }
+        },
+        Mutation::UpsertValues { values, .. } => {
+            let mut cur = load()?.unwrap_or_default();
+            for v in values {
+                match cur.iter_mut().find(|c| c.index == v.index) {
+                    Some(slot) => *slot = v.clone(),
+                    None => cur.push(v.clone()),
+                }
+            }
+            Ok(Some(cur))
+        }
+    })
+}
+
+fn encode_change(time: u32, kind: ChangeKind, key: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + key.len());
+    v.extend_from_slice(&time.to_be_bytes());
+    v.push(match kind {
+        ChangeKind::Put => 1,
+        ChangeKind::Delete => 2,
+    });
+    v.extend_from_slice(key.as_bytes());
+    v
+}
+
+fn decode_change(seq: u64, v: &[u8]) -> Result<Change, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        key: format!("change {seq}"),
+        reason: reason.to_owned(),
+    };
+    let (time, rest) = v.split_at_checked(4).ok_or_else(|| corrupt("short"))?;
+    let (kind, key) = rest.split_first().ok_or_else(|| corrupt("short"))?;
+    let time = u32::from_be_bytes(time.try_into().map_err(|_| corrupt("short"))?);
+    let kind = match kind {
+        1 => ChangeKind::Put,
+        2 => ChangeKind::Delete,
+        _ => return Err(corrupt("unknown kind")),
+    };
+    let handle = std::str::from_utf8(key)
+        .map_err(|_| corrupt("key not UTF-8"))?
+        .to_owned();
+    Ok(Change {
+        seq,
+        time,
+        kind,
+        handle,
+    })
+}
+
+fn commit_group(
+    shared: &Shared,
+    jobs: &[Job],
+) -> Result<Vec<Result<Committed, MutationError>>, StoreError> {
+    let first_seq = shared.last_seq.load(Ordering::Acquire) + 1;
+    let mut group = Group {
+        shared,
+        batch: sled::Batch::default(),
+        overlay: HashMap::new(),
+        idempotency: HashMap::new(),
+        next_seq: first_seq,
+        count_delta: 0,
+        time: now_secs(),
+    };
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        outcomes.push(group.apply(&job.request)?);
+    }
+    let wrote = group.next_seq > first_seq || !group.idempotency.is_empty();
+    if wrote {
+        let last = group.next_seq - 1;
+        let count = (shared.handle_count.load(Ordering::Acquire) as isize + group.count_delta)
+            .max(0) as u64;
+        group.batch.insert(keys::META_LAST_SEQ, &last.to_be_bytes());
+        group
+            .batch
+            .insert(keys::META_HANDLE_COUNT, &count.to_be_bytes());
+        shared.db.apply_batch(group.batch).map_err(io)?;
+        shared.db.flush().map_err(io)?;
+        shared.last_seq.store(last, Ordering::Release);
+        shared.handle_count.store(count as usize, Ordering::Release);
+        update_prefixes(shared, &group.overlay)?;
+    }
+    Ok(outcomes)
+}
+
+fn update_prefixes(
+    shared: &Shared,
+    overlay: &HashMap<String, Option<Vec<u8>>>,
+) -> Result<(), StoreError> {
+    let mut changed = overlay
+        .iter()
+        .filter(|(k, _)| {
+            k.strip_prefix(PREFIX_RECORD_PREFIX)
+                .is_some_and(|r| r.starts_with('/'))
+        })
+        .peekable();
+    if changed.peek().is_none() {
+        return Ok(());
+    }
+    let mut guard = shared
+        .prefixes
+        .write()
+        .map_err(|_| StoreError::Io("prefix table lock poisoned".into()))?;
+    let mut map: PrefixMap = (**guard).clone();
+    for (key, bytes) in changed {
+        let suffix = &key[PREFIX_RECORD_PREFIX.len() + 1..];
+        match bytes {
+            None => {
+                map.remove(suffix);
+            }
+            Some(b) => {
+                if let Some(home) =
+                    prefix_home_from(key, &RecordBytes::from_stored(b.clone().into()))?
+                {
+                    map.insert(home.prefix.as_str().to_owned(), Arc::new(home));
+                }
+            }
+        }
+    }
+    *guard = Arc::new(map);
+    Ok(())
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &str) -> Result<Option<RecordBytes>, StoreError> {
+        let mut k = [0u8; 1 + idres_model::MAX_HANDLE_LEN];
+        let Some(slot) = k.get_mut(1..1 + key.len()) else {
+            return Ok(None);
+        };
+        slot.copy_from_slice(key.as_bytes());
+        k[0] = keys::HANDLE;
+        Ok(self
+            .shared
+            .db
+            .get(&k[..1 + key.len()])
+            .map_err(io)?
+            .map(RecordBytes::from_ivec))
+    }
+
+    fn submit(&self, request: WriteRequest, done: WriteCallback) {
+        let sender = self.jobs.lock().ok().and_then(|j| j.clone());
+        match sender {
+            Some(tx) => {
+                if let Err(mpsc::SendError(job)) = tx.send(Job { request, done }) {
+                    (job.done)(Err(StoreError::Closed));
+                }
+            }
+            None => done(Err(StoreError::Closed)),
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    fn changes(&self, from: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .shared
+            .db
+            .range(keys::change(from)..=keys::change(u64::MAX))
+            .take(limit)
+        {
+            let (k, v) = item.map_err(io)?;
+            let seq = <[u8; 8]>::try_from(&k[1..])
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    key: "change".into(),
+                    reason: "bad key".into(),
+                })?;
+            out.push(decode_change(seq, &v)?);
+        }
+        Ok(out)
+    }
+
+    fn first_seq(&self) -> Result<u64, StoreError> {
+        match self
+            .shared
+            .db
+            .range(keys::change(0)..=keys::change(u64::MAX))
+            .next()
+        {
+            Some(item) => {
+                let (k, _) = item.map_err(io)?;
+                Ok(<[u8; 8]>::try_from(&k[1..])
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0))
+            }
+            None => Ok(self.last_seq() + 1),
+        }
+    }
+
+    fn list(
+        &self,
+        prefix: &Prefix,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut start = keys::handle(prefix.as_str());
+        start.push(b'/');
+        let end = keys::prefix_end(&start);
+        let from = match after {
+            Some(a) => {
+                let mut k = keys::handle(a);
+                k.push(0);
+                k.max(start)
+            }
+            None => start,
+        };
+        let mut out = Vec::new();
+        for item in self.shared.db.range(from..end).take(limit) {
+            let (k, _) = item.map_err(io)?;
+            out.push(String::from_utf8_lossy(&k[1..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    fn scan(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, RecordBytes)>, StoreError> {
+        let start = [keys::HANDLE];
+        let end = keys::prefix_end(&start);
+        let from = match after {
+            Some(a) => {
+                let mut k = keys::handle(a);
+                k.push(0);
+                k
+            }
+            None => start.to_vec(),
+        };
+        let mut out = Vec::with_capacity(limit.min(65_536));
+        for item in self.shared.db.range(from..end).take(limit) {
+            let (k, v) = item.map_err(io)?;
+            out.push((
+                String::from_utf8_lossy(&k[1..]).into_owned(),
+                RecordBytes::from_ivec(v),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn handle_count(&self) -> usize {
+        self.shared.handle_count.load(Ordering::Acquire)
+    }
+
+    fn prefix_home(&self, prefix: &str) -> Option<Arc<PrefixHome>> {
+        let map = self.shared.prefixes.read().ok()?;
+        if map.is_empty() {
+            return None;
+        }
+        let upper = prefix.to_ascii_uppercase();
+        let mut p = upper.as_str();
+        loop {
+            if let Some(home) = map.get(p) {
+                return Some(Arc::clone(home));
+            }
+            match p.rfind('.') {
+                Some(i) => p = &p[..i],
+                None => return None,
+            }
+        }
+    }
+
+    fn prefixes(&self) -> Vec<Prefix> {
+        let Ok(map) = self.shared.prefixes.read() else {
+            return Vec::new();
+        };
+        let mut v: Vec<Prefix> = map.values().map(|h| h.prefix.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.shared.db.flush().map_err(io).map(drop)
+    }
+}

@@ -1,0 +1,284 @@
+//! The sled store against a real database in a temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use idres_model::{Handle, HandleValue, Prefix, SiteInfo};
+use idres_store::{
+    ChangeKind, Mutation, MutationError, SledConfig, SledStore, Store, StoreError, WriteRequest,
+};
+
+fn h(s: &str) -> Handle {
+    Handle::parse(s).unwrap()
+}
+
+fn url(i: u32, u: &str) -> HandleValue {
+    HandleValue::new(i, "URL", u.to_owned())
+}
+
+fn open(dir: &std::path::Path) -> SledStore {
+    SledStore::open(SledConfig::new(dir)).unwrap()
+}
+
+fn put(s: &SledStore, handle: &str, values: Vec<HandleValue>) -> u64 {
+    s.write(WriteRequest::one(Mutation::Put {
+        handle: h(handle),
+        values,
+    }))
+    .unwrap()
+    .unwrap()
+    .last_seq
+}
+
+#[test]
+fn put_get_and_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.last_seq(), 0);
+    assert_eq!(put(&s, "88.118.8/A", vec![url(1, "http://a")]), 1);
+    assert_eq!(put(&s, "88.118.8/b", vec![url(1, "http://b")]), 2);
+    // Prefix case does not matter, suffix case does.
+    let rec = s.get(h("88.118.8/A").key()).unwrap().unwrap();
+    assert_eq!(rec.values().unwrap(), vec![url(1, "http://a")]);
+    assert!(s.get(h("88.118.8/a").key()).unwrap().is_none());
+    assert_eq!(s.handle_count(), 2);
+    let log = s.changes(1, 10).unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        (log[0].seq, log[0].kind, log[0].handle.as_str()),
+        (1, ChangeKind::Put, "88.118.8/A")
+    );
+    assert_eq!(s.changes(2, 10).unwrap().len(), 1);
+    assert_eq!(s.first_seq().unwrap(), 1);
+}
+
+#[test]
+fn refused_requests_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, "88/X", vec![url(1, "http://x")]);
+    let before = s.last_seq();
+    // The second mutation fails, so the first must not land either.
+    let r = s
+        .write(WriteRequest {
+            mutations: vec![
+                Mutation::Put {
+                    handle: h("88/NEW"),
+                    values: vec![url(1, "http://n")],
+                },
+                Mutation::Create {
+                    handle: h("88/X"),
+                    values: vec![url(1, "http://x2")],
+                },
+            ],
+            idempotency_key: None,
+        })
+        .unwrap();
+    assert_eq!(r, Err(MutationError::HandleExists("88/X".into())));
+    assert!(s.get("88/NEW").unwrap().is_none());
+    assert_eq!(s.last_seq(), before);
+    assert_eq!(s.handle_count(), 1);
+    // Invalid values are refused with the reason.
+    let r = s
+        .write(WriteRequest::one(Mutation::Put {
+            handle: h("88/Y"),
+            values: vec![url(1, "a"), url(1, "b")],
+        }))
+        .unwrap();
+    assert!(matches!(r, Err(MutationError::Invalid { .. })));
+}
+
+#[test]
+fn value_level_mutations() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    put(&s, "88/X", vec![url(1, "http://x")]);
+    let w = |m| s.write(WriteRequest::one(m)).unwrap();
+    assert!(w(Mutation::AddValues {
+        handle: h("88/X"),
+        values: vec![url(2, "http://y")]
+    })
+    .is_ok());
+    assert_eq!(
+        w(Mutation::AddValues {
+            handle: h("88/X"),
+            values: vec![url(2, "http://z")]
+        }),
+        Err(MutationError::ValueExists {
+            handle: "88/X".into(),
+            index: 2
+        })
+    );
+    assert!(w(Mutation::ModifyValues {
+        handle: h("88/X"),
+        values: vec![url(2, "http://z")]
+    })
+    .is_ok());
+    assert_eq!(
+        w(Mutation::RemoveValues {
+            handle: h("88/X"),
+            indexes: vec![9]
+        }),
+        Err(MutationError::ValueNotFound {
+            handle: "88/X".into(),
+            index: 9
+        })
+    );
+    assert!(w(Mutation::RemoveValues {
+        handle: h("88/X"),
+        indexes: vec![1]
+    })
+    .is_ok());
+    let vals = s.get("88/X").unwrap().unwrap().values().unwrap();
+    assert_eq!(vals, vec![url(2, "http://z")]);
+    assert_eq!(
+        w(Mutation::Delete {
+            handle: h("88/NOPE")
+        }),
+        Err(MutationError::HandleNotFound("88/NOPE".into()))
+    );
+    assert!(w(Mutation::Delete { handle: h("88/X") }).is_ok());
+    assert!(s.get("88/X").unwrap().is_none());
+    assert_eq!(s.handle_count(), 0);
+    let last = s.changes(0, 100).unwrap().pop().unwrap();
+    assert_eq!(last.kind, ChangeKind::Delete);
+}
+
+#[test]
+fn idempotency_keys_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let req = WriteRequest {
+        mutations: vec![Mutation::AddValues {
+            handle: h("88/X"),
+            values: vec![url(2, "b")],
+        }],
+        idempotency_key: Some(b"op-1".to_vec()),
+    };
+    put(&s, "88/X", vec![url(1, "a")]);
+    let first = s.write(req.clone()).unwrap().unwrap();
+    assert!(!first.replayed);
+    // Retried: not applied again (it would fail with ValueExists), same seq.
+    let again = s.write(req).unwrap().unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.last_seq, first.last_seq);
+    assert_eq!(s.last_seq(), first.last_seq);
+}
+
+#[test]
+fn data_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        put(&s, "88/X", vec![url(1, "http://x")]);
+        put(
+            &s,
+            "0.NA/77",
+            vec![HandleValue::new(
+                1,
+                "HS_SITE",
+                SiteInfo::single("192.0.2.1:2641".parse().unwrap(), "elsewhere").encode(),
+            )],
+        );
+        s.close().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.last_seq(), 2);
+    assert_eq!(s.handle_count(), 2);
+    assert!(s.get("88/X").unwrap().is_some());
+    assert_eq!(s.prefix_home("77.1.2").unwrap().prefix.as_str(), "77");
+    assert_eq!(s.changes(0, 10).unwrap().len(), 2);
+    // The log continues where it stopped.
+    assert_eq!(put(&s, "88/Y", vec![url(1, "y")]), 3);
+}
+
+#[test]
+fn prefix_table_follows_prefix_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert!(s.prefix_home("88.118.8").is_none());
+    let site = SiteInfo::single("192.0.2.1:2641".parse().unwrap(), "secondary").encode();
+    put(
+        &s,
+        "0.na/88.118",
+        vec![HandleValue::new(1, "HS_SITE", site), url(2, "http://info")],
+    );
+    let home = s.prefix_home("88.118.8").unwrap();
+    assert_eq!(home.prefix.as_str(), "88.118");
+    assert_eq!(home.service_values.len(), 1);
+    assert!(s.prefix_home("88.11").is_none());
+    assert_eq!(s.prefixes(), vec![Prefix::parse("88.118").unwrap()]);
+    s.write(WriteRequest::one(Mutation::Delete {
+        handle: h("0.NA/88.118"),
+    }))
+    .unwrap()
+    .unwrap();
+    assert!(s.prefix_home("88.118.8").is_none());
+}
+
+#[test]
+fn list_and_scan_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for sfx in ["c", "a", "b"] {
+        put(&s, &format!("88.1/{sfx}"), vec![url(1, "x")]);
+    }
+    put(&s, "88.10/z", vec![url(1, "x")]);
+    put(&s, "88/z", vec![url(1, "x")]);
+    let p = Prefix::parse("88.1").unwrap();
+    assert_eq!(
+        s.list(&p, None, 10).unwrap(),
+        ["88.1/a", "88.1/b", "88.1/c"]
+    );
+    assert_eq!(s.list(&p, Some("88.1/a"), 1).unwrap(), ["88.1/b"]);
+    let all: Vec<String> = s
+        .scan(None, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(all.len(), 5);
+    let rest: Vec<String> = s
+        .scan(Some(&all[1]), 100)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(rest, all[2..]);
+}
+
+#[test]
+fn concurrent_writers_share_commits_and_get_distinct_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let s = Arc::clone(&s);
+        threads.push(std::thread::spawn(move || {
+            (0..50)
+                .map(|i| put(&s, &format!("88/T{t}-{i}"), vec![url(1, "x")]))
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    assert_eq!(s.handle_count(), 200);
+}
+
+#[test]
+fn writes_after_close_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.close().unwrap();
+    assert!(matches!(
+        s.write(WriteRequest::one(Mutation::Put {
+            handle: h("88/X"),
+            values: vec![]
+        })),
+        Err(StoreError::Closed)
+    ));
+}
