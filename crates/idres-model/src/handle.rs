@@ -164,7 +164,7 @@ impl Handle {
         })
     }
 
-    fn from_canonical_parts(prefix: &str, suffix: &str) -> Self {
+    pub(crate) fn from_canonical_parts(prefix: &str, suffix: &str) -> Self {
         let raw = format!("{prefix}/{suffix}");
         Self {
             key: raw.clone(),

@@ -10,11 +10,13 @@
 pub mod codec;
 pub mod handle;
 pub mod json;
+pub mod oid;
 pub mod typed;
 pub mod value;
 
 pub use codec::DecodeError;
 pub use handle::{Handle, IdentifierError, Prefix, MAX_HANDLE_LEN, PREFIX_RECORD_PREFIX};
+pub use oid::Oid;
 pub use typed::{
     AdminPermissions, AdminRef, Interface, InterfaceType, ServerInfo, SiteInfo, TransportProtocol,
     ValueList,
