@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod handler;
 pub mod tcp;
 pub mod udp;

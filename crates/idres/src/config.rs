@@ -1,0 +1,121 @@
+//! The node's configuration file (TOML).
+//!
+//! Every section and key is optional and has a default; an unknown key is
+//! an error, so that a typo never silently leaves a setting at its default.
+//! Command-line flags override the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Who this node is.
+    pub node: NodeConfig,
+    /// Where and how data is stored.
+    pub store: StoreConfig,
+    /// The Handle protocol face.
+    pub handle: HandleConfig,
+}
+
+/// The node's identity and role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Description written into the node's HS_SITE.
+    pub description: String,
+    /// Address written into the node's HS_SITE (defaults to the Handle
+    /// listen address).
+    pub advertise: Option<SocketAddr>,
+    /// Handles of services that are this node (HS_SERV values naming them
+    /// are not referrals).
+    pub service_handles: Vec<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            description: "idres top-level node".into(),
+            advertise: None,
+            service_handles: Vec::new(),
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the database.
+    pub data_dir: PathBuf,
+    /// MiB of page cache.
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("idres-data"),
+            cache_mb: 64,
+        }
+    }
+}
+
+/// Handle protocol settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandleConfig {
+    /// Address of the UDP and TCP listeners.
+    pub listen: SocketAddr,
+    /// UDP worker threads (0 = one per CPU).
+    pub udp_workers: usize,
+    /// Most TCP connections at once.
+    pub max_tcp_connections: usize,
+    /// Seconds a TCP connection may stay idle.
+    pub tcp_idle_secs: u64,
+}
+
+impl Default for HandleConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2641)),
+            udp_workers: 0,
+            max_tcp_connections: 1024,
+            tcp_idle_secs: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading configuration {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in configuration {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[handle]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(toml::from_str::<Config>("[hadle]\n").is_err());
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c: Config = toml::from_str("[store]\ndata_dir = \"/var/lib/idres\"\n").unwrap();
+        assert_eq!(c.store.data_dir, PathBuf::from("/var/lib/idres"));
+        assert_eq!(c.handle.listen.port(), 2641);
+    }
+}

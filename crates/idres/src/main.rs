@@ -1,0 +1,121 @@
+//! The `idres` command: run a node, import and export records, resolve
+//! handles, and generate load.
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod config;
+mod records;
+mod serve;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use idres_model::json;
+use idres_wire::{Reply, ResponseCode};
+
+/// A top-level node of the industrial internet identifier resolution system.
+#[derive(Debug, Parser)]
+#[command(name = "idres", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node.
+    Serve(serve::ServeArgs),
+    /// Import records from a JSON Lines file.
+    Import(records::ImportArgs),
+    /// Export every record as JSON Lines.
+    Export(records::ExportArgs),
+    /// Resolve a handle over the Handle protocol and print it as JSON.
+    Resolve(ResolveArgs),
+    /// Generate load and measure.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Resolve handles over UDP as fast as asked and report QPS and latency.
+    Resolve(bench::BenchResolveArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ResolveArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:2641")]
+    server: SocketAddr,
+    /// Use TCP instead of UDP.
+    #[arg(long)]
+    tcp: bool,
+    /// Only values of this type (repeatable).
+    #[arg(long = "type")]
+    types: Vec<String>,
+    /// Only the value at this index (repeatable).
+    #[arg(long = "index")]
+    indexes: Vec<u32>,
+    /// The handle.
+    handle: String,
+}
+
+fn resolve(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
+    let types: Vec<&str> = args.types.iter().map(String::as_str).collect();
+    let reply = idres_service::client::resolve(
+        args.server,
+        &args.handle,
+        &args.indexes,
+        &types,
+        args.tcp,
+    )?;
+    let rc = reply.response_code;
+    let out = match reply.reply {
+        Reply::Resolution { handle, values } => serde_json::json!({
+            "responseCode": rc.0, "handle": handle, "values": json::values_to_json(&values)}),
+        Reply::Referral {
+            service_handle,
+            values,
+        } => serde_json::json!({
+            "responseCode": rc.0, "handle": args.handle, "referral": service_handle,
+            "values": json::values_to_json(&values)}),
+        Reply::Error(message) => serde_json::json!({
+            "responseCode": rc.0, "handle": args.handle, "message": message,
+            "error": rc.name().unwrap_or("UNKNOWN")}),
+        other => serde_json::json!({"responseCode": rc.0, "reply": format!("{other:?}")}),
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if rc == ResponseCode::SUCCESS {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IDRES_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve(a) => serve::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Import(a) => records::import(a).map(|()| ExitCode::SUCCESS),
+        Command::Export(a) => records::export(a).map(|()| ExitCode::SUCCESS),
+        Command::Resolve(a) => resolve(a),
+        Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

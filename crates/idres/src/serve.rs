@@ -1,0 +1,183 @@
+//! `idres serve`: open the store, bind every configured face, answer until
+//! SIGTERM or SIGINT, then stop accepting, let the writer commit what it
+//! holds, and flush the store.
+//!
+//! Each face prints one line `listening <face> <address>` on standard
+//! output once it is bound, so that scripts and tests that ask for port 0
+//! learn the port chosen.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use idres_model::SiteInfo;
+use idres_service::tcp::TcpLimits;
+use idres_service::udp::UdpServer;
+use idres_service::{Handler, NodeIdentity};
+use idres_store::{SledConfig, SledStore, Store};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// How long shutdown may take before the process exits regardless.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(4500);
+
+/// Options of `idres serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of the database.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the Handle protocol listeners (UDP and TCP).
+    #[arg(long)]
+    pub handle_listen: Option<SocketAddr>,
+    /// UDP worker threads (0 = one per CPU).
+    #[arg(long)]
+    pub udp_workers: Option<usize>,
+}
+
+impl ServeArgs {
+    /// The configuration file with the flags applied.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            c.store.data_dir = d.clone();
+        }
+        if let Some(a) = self.handle_listen {
+            c.handle.listen = a;
+        }
+        if let Some(w) = self.udp_workers {
+            c.handle.udp_workers = w;
+        }
+        Ok(c)
+    }
+}
+
+/// Opens the store of a configuration.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<SledStore>> {
+    let mut sc = SledConfig::new(&config.store.data_dir);
+    sc.cache_bytes = config.store.cache_mb << 20;
+    let store = SledStore::open(sc)
+        .with_context(|| format!("opening the store in {}", config.store.data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Runs the node until it is told to stop.
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("idres")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// Binds UDP workers and a TCP listener on the same address. With port 0,
+/// UDP picks the port and TCP takes the same number.
+fn bind_handle(
+    listen: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<(Vec<std::net::UdpSocket>, std::net::TcpListener)> {
+    let attempts = if listen.port() == 0 { 20 } else { 1 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let udp = idres_service::udp::bind(listen, workers)
+            .with_context(|| format!("binding UDP {listen}"))?;
+        let addr = udp
+            .first()
+            .map(std::net::UdpSocket::local_addr)
+            .transpose()?
+            .unwrap_or(listen);
+        match std::net::TcpListener::bind(addr) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "binding TCP {listen}: {}",
+        last_err.map_or_else(|| "unknown error".to_owned(), |e| e.to_string())
+    ))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = open_store(&config)?;
+    let dyn_store: Arc<dyn Store> = store.clone();
+
+    let workers = match config.handle.udp_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (udp_sockets, tcp_listener) = bind_handle(config.handle.listen, workers)?;
+    let handle_addr = tcp_listener.local_addr()?;
+    let advertise = config.node.advertise.unwrap_or(handle_addr);
+    let identity = NodeIdentity {
+        site: SiteInfo::single(advertise, &config.node.description),
+        service_handles: config.node.service_handles.clone(),
+    };
+    let handler = Arc::new(Handler::new(Arc::clone(&dyn_store), identity));
+    let udp = UdpServer::start(Arc::clone(&handler), udp_sockets).context("starting UDP")?;
+    tcp_listener.set_nonblocking(true)?;
+    let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = TcpLimits {
+        max_connections: config.handle.max_tcp_connections,
+        idle_timeout: Duration::from_secs(config.handle.tcp_idle_secs),
+    };
+    let tcp = tokio::spawn(idres_service::tcp::serve(
+        Arc::clone(&handler),
+        tcp_listener,
+        limits,
+        stop_rx.clone(),
+    ));
+    announce("handle", handle_addr);
+    tracing::info!(
+        handles = store.handle_count(),
+        last_seq = store.last_seq(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "serving"
+    );
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    // Whatever happens below, do not outlive the grace period.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_GRACE);
+        eprintln!("shutdown took too long; exiting");
+        std::process::exit(1);
+    });
+    udp.shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp).await;
+    store.close().context("flushing the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Prints the machine-readable line that says a face is ready.
+pub fn announce(face: &str, addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening {face} {addr}");
+    let _ = out.flush();
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

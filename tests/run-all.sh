@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test of idres: installs what the tests need (idempotently),
+# builds once in debug, runs the Rust tests and then the Python tests that
+# drive the node with independent clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- clients and tools the tests use -------------------------------------
+apt_packages=(bc)
+pip_packages=(pytest)
+
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""; [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+python3 -m pip install -q --disable-pip-version-check "${pip_packages[@]}"
+
+# --- Rust -------------------------------------------------------------------
+cargo build --workspace --all-targets --locked 2>/dev/null || cargo build --workspace --all-targets
+cargo test --workspace
+
+# --- Python clients against the real binary -------------------------------
+export IDRES_BIN="$PWD/target/debug/idres"
+python3 -m pytest -q tests/python
