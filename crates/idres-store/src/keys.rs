@@ -11,6 +11,10 @@ pub const HANDLE: u8 = b'h';
 pub const CHANGE: u8 = b'c';
 /// Applied idempotency keys: `i` + client key.
 pub const IDEMPOTENCY: u8 = b'i';
+/// Auxiliary data: `a` + space + NUL + key.
+pub const AUX: u8 = b'a';
+/// Value index: `v` + upper-case type + NUL + lower-case value + NUL + handle.
+pub const VALUE: u8 = b'v';
 
 /// Name of the schema-version record.
 pub const META_SCHEMA: &[u8] = b"mschema";
@@ -50,4 +54,18 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0xff; prefix.len() + 1]
+}
+
+pub fn aux(space: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = aux_space(space);
+    k.extend_from_slice(key);
+    k
+}
+
+pub fn aux_space(space: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + space.len());
+    k.push(AUX);
+    k.extend_from_slice(space.as_bytes());
+    k.push(0);
+    k
 }

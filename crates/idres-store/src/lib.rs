@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+mod index;
 mod keys;
 pub mod record;
 mod sled_store;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use idres_model::{Handle, HandleValue, Prefix, ValueError};
 
+pub use index::glob_match;
 pub use record::RecordBytes;
 pub use sled_store::{SledConfig, SledStore};
 
@@ -152,11 +154,28 @@ pub enum Mutation {
         /// The values.
         values: Vec<HandleValue>,
     },
+    /// Store a value in an auxiliary key space (data that is not a handle
+    /// record: filings, audit entries, cursors). Not in the change log.
+    PutAux {
+        /// Name of the key space (no NUL byte).
+        space: String,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove a key of an auxiliary key space, if present.
+    DeleteAux {
+        /// Name of the key space.
+        space: String,
+        /// The key.
+        key: Vec<u8>,
+    },
 }
 
 impl Mutation {
-    /// The handle the mutation changes.
-    pub fn handle(&self) -> &Handle {
+    /// The handle the mutation changes (none for auxiliary data).
+    pub fn handle(&self) -> Option<&Handle> {
         match self {
             Mutation::Put { handle, .. }
             | Mutation::Create { handle, .. }
@@ -165,7 +184,8 @@ impl Mutation {
             | Mutation::AddValues { handle, .. }
             | Mutation::RemoveValues { handle, .. }
             | Mutation::ModifyValues { handle, .. }
-            | Mutation::UpsertValues { handle, .. } => handle,
+            | Mutation::UpsertValues { handle, .. } => Some(handle),
+            Mutation::PutAux { .. } | Mutation::DeleteAux { .. } => None,
         }
     }
 }
@@ -240,6 +260,16 @@ pub struct PrefixHome {
     pub service_values: Vec<HandleValue>,
 }
 
+/// One page of a search by value.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ValuePage {
+    /// Canonical keys of the matching handles, each once, in the index's
+    /// order (by value, then handle).
+    pub handles: Vec<String>,
+    /// Opaque cursor to pass back for the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
 /// The storage interface of the node.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The record of a handle, by canonical key ([`Handle::key`]).
@@ -300,4 +330,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// A value of an auxiliary key space.
+    fn aux_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` entries of an auxiliary key space in key order, after
+    /// `after` if given.
+    fn aux_scan(
+        &self,
+        space: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Handles with a value of type `value_type` whose data matches
+    /// `pattern`: a glob in which `*` stands for any run of characters,
+    /// compared without regard to ASCII case (`*example.cn*`,
+    /// `https://example.cn/*`). Served from the value index; a pattern with
+    /// a literal start only reads the index entries that start with it.
+    /// Pass `cursor` from the previous page to continue.
+    fn find_by_value(
+        &self,
+        value_type: &str,
+        pattern: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ValuePage, StoreError>;
+
+    /// How many (value, handle) index entries match, as
+    /// [`find_by_value`](Store::find_by_value) would find them.
+    fn count_by_value(&self, value_type: &str, pattern: &str) -> Result<usize, StoreError>;
 }

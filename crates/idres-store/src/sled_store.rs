@@ -10,11 +10,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use idres_model::{types, validate_values, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
 
-use crate::keys;
 use crate::record::RecordBytes;
+use crate::{index, keys};
 use crate::{
     Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, Store, StoreError,
-    WriteCallback, WriteRequest, SCHEMA_VERSION,
+    ValuePage, WriteCallback, WriteRequest, SCHEMA_VERSION,
 };
 
 /// Settings of a [`SledStore`].
@@ -255,6 +255,7 @@ struct Group<'s> {
     next_seq: u64,
     count_delta: isize,
     time: u32,
+    wrote: bool,
 }
 
 impl<'s> Group<'s> {
@@ -310,9 +311,23 @@ impl<'s> Group<'s> {
         }
         // Stage the request's effects locally; merge only if all succeed.
         let mut staged: Vec<(String, Option<Vec<HandleValue>>)> = Vec::new();
+        let mut aux: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut local: HashMap<String, Option<Vec<HandleValue>>> = HashMap::new();
         for m in &req.mutations {
-            let handle = m.handle();
+            let handle = match m {
+                Mutation::PutAux { space, key, value } => {
+                    aux.push((keys::aux(space, key), Some(value.clone())));
+                    continue;
+                }
+                Mutation::DeleteAux { space, key } => {
+                    aux.push((keys::aux(space, key), None));
+                    continue;
+                }
+                other => match other.handle() {
+                    Some(h) => h,
+                    None => continue,
+                },
+            };
             let key = handle.key().to_owned();
             let existed_before = match local.get(&key) {
                 Some(v) => v.is_some(),
@@ -339,8 +354,33 @@ impl<'s> Group<'s> {
             local.insert(key.clone(), new.clone());
             staged.push((key, new));
         }
+        for (key, value) in aux {
+            match value {
+                Some(v) => self.batch.insert(key, v),
+                None => self.batch.remove(key),
+            }
+        }
         for (key, new) in &staged {
-            let was = self.exists(key)?;
+            let old = self.current(key)?;
+            let was = old.is_some();
+            let old_entries = old
+                .as_deref()
+                .map(|v| index::entries(key, v))
+                .unwrap_or_default();
+            let new_entries = new
+                .as_deref()
+                .map(|v| index::entries(key, v))
+                .unwrap_or_default();
+            for e in &old_entries {
+                if new_entries.binary_search(e).is_err() {
+                    self.batch.remove(e.as_slice());
+                }
+            }
+            for e in new_entries {
+                if old_entries.binary_search(&e).is_err() {
+                    self.batch.insert(e, &[][..]);
+                }
+            }
             let seq = self.next_seq;
             self.next_seq += 1;
             let kind = if new.is_some() {
@@ -367,8 +407,12 @@ impl<'s> Group<'s> {
             }
             self.batch
                 .insert(&keys::change(seq), encode_change(self.time, kind, key));
+            self.wrote = true;
         }
         let last_seq = self.next_seq - 1;
+        if !req.mutations.is_empty() {
+            self.wrote = true;
+        }
         if let Some(k) = &req.idempotency_key {
             self.batch
                 .insert(keys::idempotency(k), &last_seq.to_be_bytes());
@@ -450,6 +494,9 @@ fn apply_mutation(
                 Ok(Some(cur))
             }
         },
+        // Auxiliary data is staged by the caller and never reaches here;
+        // should it, the handle keeps its values.
+        Mutation::PutAux { .. } | Mutation::DeleteAux { .. } => Ok(load()?),
         Mutation::UpsertValues { values, .. } => {
             let mut cur = load()?.unwrap_or_default();
             for v in values {
@@ -511,13 +558,13 @@ fn commit_group(
         next_seq: first_seq,
         count_delta: 0,
         time: now_secs(),
+        wrote: false,
     };
     let mut outcomes = Vec::with_capacity(jobs.len());
     for job in jobs {
         outcomes.push(group.apply(&job.request)?);
     }
-    let wrote = group.next_seq > first_seq || !group.idempotency.is_empty();
-    if wrote {
+    if group.wrote {
         let last = group.next_seq - 1;
         let count = (shared.handle_count.load(Ordering::Acquire) as isize + group.count_delta)
             .max(0) as u64;
@@ -726,4 +773,112 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.shared.db.flush().map_err(io).map(drop)
     }
+
+    fn aux_get(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .shared
+            .db
+            .get(keys::aux(space, key))
+            .map_err(io)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn aux_scan(
+        &self,
+        space: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let start = keys::aux_space(space);
+        let end = keys::prefix_end(&start);
+        let from = match after {
+            Some(a) => {
+                let mut k = keys::aux(space, a);
+                k.push(0);
+                k
+            }
+            None => start.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.shared.db.range(from..end).take(limit) {
+            let (k, v) = item.map_err(io)?;
+            out.push((k[start.len()..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn find_by_value(
+        &self,
+        value_type: &str,
+        pattern: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ValuePage, StoreError> {
+        let tp = index::type_prefix(value_type);
+        let mut lit = tp.clone();
+        lit.extend_from_slice(&index::literal_start(pattern));
+        let end = keys::prefix_end(&lit);
+        let from = match cursor.and_then(|c| hex_decode(c)) {
+            Some(mut k) if k.starts_with(&lit) => {
+                k.push(0);
+                k
+            }
+            _ => lit,
+        };
+        let mut page = ValuePage::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut last_taken: Option<sled::IVec> = None;
+        for item in self.shared.db.range(from..end) {
+            let (k, _) = item.map_err(io)?;
+            let Some((value, handle)) = index::split_entry(&k[tp.len()..]) else {
+                continue;
+            };
+            if !index::glob_bytes(pattern.as_bytes(), value) {
+                continue;
+            }
+            if !seen.contains(handle) {
+                if page.handles.len() == limit {
+                    // Something lies beyond this page: say where it ended.
+                    page.next = last_taken.as_deref().map(hex_encode);
+                    break;
+                }
+                seen.insert(handle.to_vec());
+                page.handles
+                    .push(String::from_utf8_lossy(handle).into_owned());
+            }
+            last_taken = Some(k);
+        }
+        Ok(page)
+    }
+
+    fn count_by_value(&self, value_type: &str, pattern: &str) -> Result<usize, StoreError> {
+        let tp = index::type_prefix(value_type);
+        let mut lit = tp.clone();
+        lit.extend_from_slice(&index::literal_start(pattern));
+        let end = keys::prefix_end(&lit);
+        let mut n = 0;
+        for item in self.shared.db.range(lit..end) {
+            let (k, _) = item.map_err(io)?;
+            if index::split_entry(&k[tp.len()..])
+                .is_some_and(|(v, _)| index::glob_bytes(pattern.as_bytes(), v))
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }

@@ -282,3 +282,112 @@ fn writes_after_close_are_refused() {
         Err(StoreError::Closed)
     ));
 }
+
+#[test]
+fn aux_space_is_atomic_with_handles() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.write(WriteRequest {
+        mutations: vec![
+            Mutation::PutAux {
+                space: "nodes".into(),
+                key: b"n1".to_vec(),
+                value: b"active".to_vec(),
+            },
+            Mutation::PutAux {
+                space: "nodes".into(),
+                key: b"n2".to_vec(),
+                value: b"pending".to_vec(),
+            },
+            Mutation::PutAux {
+                space: "nodesx".into(),
+                key: b"n0".to_vec(),
+                value: b"other".to_vec(),
+            },
+            Mutation::Put {
+                handle: h("88/A"),
+                values: vec![url(1, "x")],
+            },
+        ],
+        idempotency_key: None,
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        s.aux_get("nodes", b"n1").unwrap().as_deref(),
+        Some(&b"active"[..])
+    );
+    let all = s.aux_scan("nodes", None, 10).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(s.aux_scan("nodes", Some(b"n1"), 10).unwrap()[0].0, b"n2");
+    // A refused request leaves the aux space untouched too.
+    let r = s
+        .write(WriteRequest {
+            mutations: vec![
+                Mutation::DeleteAux {
+                    space: "nodes".into(),
+                    key: b"n1".to_vec(),
+                },
+                Mutation::Delete {
+                    handle: h("88/MISSING"),
+                },
+            ],
+            idempotency_key: None,
+        })
+        .unwrap();
+    assert!(r.is_err());
+    assert!(s.aux_get("nodes", b"n1").unwrap().is_some());
+    // Aux data is not in the change log.
+    assert_eq!(s.last_seq(), 1);
+}
+
+#[test]
+fn value_index_finds_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..25 {
+        put(
+            &s,
+            &format!("88/P{i:02}"),
+            vec![url(1, &format!("https://Example.cn/p/{i}"))],
+        );
+    }
+    put(&s, "88/OTHER", vec![url(1, "https://other.org/")]);
+    put(
+        &s,
+        "88/SECRET",
+        vec![HandleValue::new(1, "HS_SECKEY", "example")],
+    );
+    assert_eq!(s.count_by_value("URL", "*example*").unwrap(), 25);
+    assert_eq!(s.count_by_value("url", "https://example.cn/*").unwrap(), 25);
+    assert_eq!(s.count_by_value("HS_SECKEY", "*").unwrap(), 0);
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .find_by_value("URL", "*example.cn*", cursor.as_deref(), 10)
+            .unwrap();
+        assert!(page.handles.len() <= 10);
+        all.extend(page.handles);
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    all.sort();
+    assert_eq!(all.len(), 25);
+    assert_eq!(all[0], "88/P00");
+    // Changing a value moves its index entry.
+    put(&s, "88/P00", vec![url(1, "https://moved.org/")]);
+    assert_eq!(s.count_by_value("URL", "*example*").unwrap(), 24);
+    assert_eq!(
+        s.find_by_value("URL", "*moved*", None, 10).unwrap().handles,
+        ["88/P00"]
+    );
+    s.write(WriteRequest::one(Mutation::Delete {
+        handle: h("88/P00"),
+    }))
+    .unwrap()
+    .unwrap();
+    assert_eq!(s.count_by_value("URL", "*moved*").unwrap(), 0);
+}
