@@ -260,6 +260,9 @@ pub struct PrefixHome {
     pub service_values: Vec<HandleValue>,
 }
 
+/// A key and its value in an auxiliary key space.
+pub type AuxEntry = (Vec<u8>, Vec<u8>);
+
 /// One page of a search by value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ValuePage {
@@ -341,7 +344,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         space: &str,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<AuxEntry>, StoreError>;
 
     /// Handles with a value of type `value_type` whose data matches
     /// `pattern`: a glob in which `*` stands for any run of characters,

@@ -14,7 +14,7 @@ use crate::record::RecordBytes;
 use crate::{index, keys};
 use crate::{
     Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, Store, StoreError,
-    ValuePage, WriteCallback, WriteRequest, SCHEMA_VERSION,
+    AuxEntry, ValuePage, WriteCallback, WriteRequest, SCHEMA_VERSION,
 };
 
 /// Settings of a [`SledStore`].
@@ -788,7 +788,7 @@ impl Store for SledStore {
         space: &str,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<AuxEntry>, StoreError> {
         let start = keys::aux_space(space);
         let end = keys::prefix_end(&start);
         let from = match after {
@@ -818,7 +818,7 @@ impl Store for SledStore {
         let mut lit = tp.clone();
         lit.extend_from_slice(&index::literal_start(pattern));
         let end = keys::prefix_end(&lit);
-        let from = match cursor.and_then(|c| hex_decode(c)) {
+        let from = match cursor.and_then(hex_decode) {
             Some(mut k) if k.starts_with(&lit) => {
                 k.push(0);
                 k
