@@ -1,0 +1,129 @@
+//! Settings of the DNS face (the `[dns]` section of the node's
+//! configuration).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Settings of the DNS face. Every key is optional; unknown keys are
+/// refused so that a typo never leaves a setting at its default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Address of the UDP and TCP listeners (none: DNS over UDP and TCP
+    /// is off).
+    pub listen: Option<SocketAddr>,
+    /// Address of the DNS-over-QUIC listener (none: off).
+    pub doq_listen: Option<SocketAddr>,
+    /// The ORS zone served.
+    pub zone: String,
+    /// PEM certificate chain for DNS-over-QUIC.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for DNS-over-QUIC.
+    pub key: Option<PathBuf>,
+    /// UDP worker threads (0 = one per CPU).
+    pub udp_workers: usize,
+    /// Names of the zone's name servers (default `ns1.<zone>`); the first
+    /// is the SOA's primary.
+    pub nameservers: Vec<String>,
+    /// Addresses answered for name servers named inside the zone.
+    pub nameserver_addresses: Vec<IpAddr>,
+    /// The zone's contact mailbox, as `user@domain` or a domain name
+    /// (default `hostmaster.<zone>`).
+    pub hostmaster: Option<String>,
+    /// TTL of the SOA and NS records.
+    pub soa_ttl: u32,
+    /// SOA refresh, seconds.
+    pub soa_refresh: u32,
+    /// SOA retry, seconds.
+    pub soa_retry: u32,
+    /// SOA expire, seconds.
+    pub soa_expire: u32,
+    /// How long a negative answer may be cached (SOA minimum, RFC 2308).
+    pub negative_ttl: u32,
+    /// Largest UDP response we send to an EDNS client (RFC 6891 §6.2.5).
+    pub max_udp_payload: u16,
+    /// Most TCP connections at once.
+    pub max_tcp_connections: usize,
+    /// Seconds a TCP connection may stay idle (RFC 7766 §6.2.3).
+    pub tcp_idle_secs: u64,
+    /// Most DNS-over-QUIC connections at once.
+    pub max_doq_connections: usize,
+    /// Most concurrent queries (streams) on one DNS-over-QUIC connection.
+    pub max_doq_streams: u32,
+    /// Seconds a DNS-over-QUIC connection may stay idle.
+    pub doq_idle_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            doq_listen: None,
+            zone: idres_model::oid::DEFAULT_ORS_ZONE.to_owned(),
+            cert: None,
+            key: None,
+            udp_workers: 0,
+            nameservers: Vec::new(),
+            nameserver_addresses: Vec::new(),
+            hostmaster: None,
+            soa_ttl: 3600,
+            soa_refresh: 7200,
+            soa_retry: 3600,
+            soa_expire: 1_209_600,
+            negative_ttl: 300,
+            max_udp_payload: 1232,
+            max_tcp_connections: 1024,
+            tcp_idle_secs: 10,
+            max_doq_connections: 1024,
+            max_doq_streams: 100,
+            doq_idle_secs: 30,
+        }
+    }
+}
+
+/// Why the DNS face cannot start with its settings.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A domain name setting is not a valid name.
+    #[error("the {0} {1:?} is not a valid domain name")]
+    BadName(&'static str, String),
+    /// DNS-over-QUIC needs a certificate and a key.
+    #[error("DNS-over-QUIC needs both `cert` and `key`")]
+    MissingCertificate,
+    /// The certificate or key could not be read.
+    #[error("reading {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A listener could not be set up.
+    #[error("setting up the {what} listener: {source}")]
+    Io {
+        /// Which listener.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// TCP or DNS-over-QUIC needs a tokio runtime.
+    #[error("the DNS face must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c: DnsConfig = serde_json::from_str(r#"{"zone":"oid-res.test."}"#).unwrap();
+        assert_eq!(c.zone, "oid-res.test.");
+        assert_eq!(c.max_udp_payload, 1232);
+        let e = serde_json::from_str::<DnsConfig>(r#"{"zoen":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("zoen"), "{e}");
+    }
+}
