@@ -208,9 +208,9 @@ async fn naptr_for_an_oid_over_udp_and_tcp() {
             panic!("not NAPTR: {rr:?}")
         };
         assert_eq!((n.order(), n.preference()), (100, 1));
-        assert_eq!(&*n.flags(), b"U");
-        assert_eq!(&*n.services(), b"ORS+UINF");
-        assert_eq!(&*n.regexp(), b"!^.*$!https://example.cn/p!");
+        assert_eq!(n.flags(), b"U");
+        assert_eq!(n.services(), b"ORS+UINF");
+        assert_eq!(n.regexp(), b"!^.*$!https://example.cn/p!");
         assert!(n.replacement().is_root());
     }
     node.stop().await;
