@@ -64,21 +64,34 @@ impl DnsSockets {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             };
-            sockets.udp = udp::bind(addr, workers).map_err(|source| ConfigError::Io {
-                what: "DNS UDP",
-                source,
-            })?;
-            let tcp_addr = match sockets.udp.first().map(|s| s.local_addr()) {
-                Some(Ok(a)) => a,
-                _ => addr,
-            };
-            sockets.tcp =
-                Some(
-                    std::net::TcpListener::bind(tcp_addr).map_err(|source| ConfigError::Io {
-                        what: "DNS TCP",
-                        source,
-                    })?,
-                );
+            // With port 0 the TCP port UDP picked may be taken: try again.
+            let attempts = if addr.port() == 0 { 20 } else { 1 };
+            let mut last = None;
+            for _ in 0..attempts {
+                let udp = udp::bind(addr, workers).map_err(|source| ConfigError::Io {
+                    what: "DNS UDP",
+                    source,
+                })?;
+                let tcp_addr = match udp.first().map(std::net::UdpSocket::local_addr) {
+                    Some(Ok(a)) => a,
+                    _ => addr,
+                };
+                match std::net::TcpListener::bind(tcp_addr) {
+                    Ok(tcp) => {
+                        sockets.udp = udp;
+                        sockets.tcp = Some(tcp);
+                        last = None;
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            if let Some(source) = last {
+                return Err(ConfigError::Io {
+                    what: "DNS TCP",
+                    source,
+                });
+            }
         }
         if let Some(addr) = config.doq_listen {
             sockets.doq =

@@ -20,6 +20,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The Handle protocol face.
     pub handle: HandleConfig,
+    /// The DNS face: OID resolution (X.672 ORS) over UDP, TCP and QUIC.
+    pub dns: idres_dns::DnsConfig,
 }
 
 /// The node's identity and role.

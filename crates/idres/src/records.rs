@@ -1,7 +1,8 @@
 //! `idres import` and `idres export`: records as JSON Lines.
 //!
 //! One record per line in the REST shape
-//! `{"handle":"88.118.8/X","values":[{"index":1,"type":"URL","data":{"format":"string","value":"…"}}]}`.
+//! `{"handle":"88.118.8/X","values":[{"index":1,"type":"URL","data":{"format":"string","value":"…"}}]}`;
+//! an OID's record may be given as `{"oid":"1.2.156.3001.1","values":[…]}`.
 //!
 //! Import reads the file twice. The first pass checks every line and, if
 //! any is bad, reports each bad line by number and stops before anything
@@ -16,7 +17,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use idres_model::{json, validate_values, Handle, HandleValue};
+use idres_model::{json, validate_values, Handle, HandleValue, Oid};
 use idres_store::{Mutation, Store, WriteRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -61,14 +62,20 @@ pub fn parse_record(line: &str, now: u32) -> Result<(Handle, Vec<HandleValue>), 
         .as_object()
         .ok_or_else(|| "a record must be a JSON object".to_owned())?;
     for key in obj.keys() {
-        if !matches!(key.as_str(), "handle" | "values" | "responseCode") {
+        if !matches!(key.as_str(), "handle" | "oid" | "values" | "responseCode") {
             return Err(format!("unknown field {key:?}"));
         }
     }
-    let handle = match obj.get("handle") {
-        Some(Value::String(s)) => Handle::parse(s).map_err(|e| format!("handle: {e}"))?,
-        Some(_) => return Err("handle: must be a string".into()),
-        None => return Err("missing \"handle\"".into()),
+    // An OID's record is the handle OID/<oid> (idres_model::oid).
+    let handle = match (obj.get("handle"), obj.get("oid")) {
+        (Some(_), Some(_)) => return Err("give \"handle\" or \"oid\", not both".into()),
+        (Some(Value::String(s)), None) => Handle::parse(s).map_err(|e| format!("handle: {e}"))?,
+        (None, Some(Value::String(s))) => {
+            Oid::parse(s).map_err(|e| format!("oid: {e}"))?.to_handle()
+        }
+        (Some(_), None) => return Err("handle: must be a string".into()),
+        (None, Some(_)) => return Err("oid: must be a string".into()),
+        (None, None) => return Err("missing \"handle\" or \"oid\"".into()),
     };
     let values = match obj.get("values") {
         Some(v) => json::values_from_json(v, now).map_err(|e| e.to_string())?,

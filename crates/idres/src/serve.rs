@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// UDP worker threads (0 = one per CPU).
     #[arg(long)]
     pub udp_workers: Option<usize>,
+    /// Address of the DNS listeners for OID resolution (UDP and TCP).
+    #[arg(long)]
+    pub dns_listen: Option<SocketAddr>,
+    /// Address of the DNS-over-QUIC listener (needs `cert` and `key` in
+    /// the `[dns]` section).
+    #[arg(long)]
+    pub doq_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -57,6 +64,12 @@ impl ServeArgs {
         }
         if let Some(w) = self.udp_workers {
             c.handle.udp_workers = w;
+        }
+        if let Some(a) = self.dns_listen {
+            c.dns.listen = Some(a);
+        }
+        if let Some(a) = self.doq_listen {
+            c.dns.doq_listen = Some(a);
         }
         Ok(c)
     }
@@ -141,6 +154,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     announce("handle", handle_addr);
+    let dns = if config.dns.listen.is_some() || config.dns.doq_listen.is_some() {
+        let sockets = idres_dns::DnsSockets::bind(&config.dns)?;
+        let dns = idres_dns::start(&config.dns, Arc::clone(&dyn_store), sockets)?;
+        if let Some(a) = dns.udp_addr() {
+            announce("dns", a);
+        }
+        if let Some(a) = dns.doq_addr() {
+            announce("doq", a);
+        }
+        Some(dns)
+    } else {
+        None
+    };
     tracing::info!(
         handles = store.handle_count(),
         last_seq = store.last_seq(),
@@ -158,6 +184,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         std::process::exit(1);
     });
     udp.shutdown();
+    if let Some(dns) = dns {
+        let _ = tokio::time::timeout(Duration::from_secs(2), dns.shutdown()).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp).await;
     store.close().context("flushing the store")?;
     tracing::info!("stopped");
