@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --- clients and tools the tests use -------------------------------------
-apt_packages=(bc)
-pip_packages=(pytest)
+apt_packages=(bc dnsutils)
+pip_packages=(pytest dnspython aioquic cryptography)
 
 missing=()
 for p in "${apt_packages[@]}"; do
