@@ -1,0 +1,112 @@
+//! Serving the gRPC face: the four idres services, the standard health
+//! service and server reflection, on a listener the caller bound.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::core::Core;
+use crate::node_service::NodeServiceImpl;
+use crate::pb;
+use crate::registry_service::RegistryServiceImpl;
+use crate::resolve_service::ResolveServiceImpl;
+use crate::sync_service::SyncServiceImpl;
+use crate::tls::{self, ServerTls};
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Plaintext was asked for on an address other than loopback.
+    #[error("plaintext gRPC is allowed only on a loopback address, not {0}")]
+    PlaintextNotLoopback(SocketAddr),
+    /// The listener failed.
+    #[error("gRPC listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be set up.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// How connections are secured.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// Mutual TLS (the default and only production mode).
+    MutualTls(ServerTls),
+    /// Plaintext for development, refused unless the listener is loopback.
+    DevelopmentPlaintext,
+}
+
+/// Serves on `listener` until `shutdown` completes.
+pub async fn serve(
+    core: Arc<Core>,
+    listener: TcpListener,
+    security: Security,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let local = listener.local_addr()?;
+    let tls = match security {
+        Security::MutualTls(t) => Some(t),
+        Security::DevelopmentPlaintext => {
+            if !local.ip().is_loopback() {
+                return Err(ServeError::PlaintextNotLoopback(local));
+            }
+            tracing::warn!(%local, "gRPC without TLS (development only)");
+            None
+        }
+    };
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    for name in [
+        "idres.v1.NodeService",
+        "idres.v1.RegistryService",
+        "idres.v1.ResolveService",
+        "idres.v1.SyncService",
+    ] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let max = 64 << 20;
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            pb::node_service_server::NodeServiceServer::new(NodeServiceImpl::new(Arc::clone(
+                &core,
+            )))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::registry_service_server::RegistryServiceServer::new(RegistryServiceImpl::new(
+                Arc::clone(&core),
+            ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::resolve_service_server::ResolveServiceServer::new(ResolveServiceImpl::new(
+                Arc::clone(&core),
+            ))
+            .max_decoding_message_size(max),
+        )
+        .add_service(
+            pb::sync_service_server::SyncServiceServer::new(SyncServiceImpl::new(core))
+                .max_decoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! `idres.v1.SyncService`: the change log for replicas, and digests.
+//!
+//! A subscription runs on a blocking thread of its own: it walks the store
+//! (snapshot) or its change log, reads each changed record as it is now,
+//! and sends batches into a bounded channel, so a slow replica slows only
+//! its own stream. When it has caught up it polls the log's end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idres_store::Store;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::core::{Core, Reader, Role};
+use crate::error::{ServiceError, ServiceResult};
+use crate::pb::{self, sync_batch::Phase, sync_service_server::SyncService};
+use crate::ranges::{self, Filter, Position};
+use crate::registry::Caller;
+
+/// Default entries per batch.
+const DEFAULT_BATCH: usize = 1024;
+/// Most entries per batch.
+const MAX_BATCH: usize = 8192;
+/// How often a caught-up subscription looks for new changes.
+const POLL: Duration = Duration::from_millis(20);
+
+/// The SyncService implementation.
+#[derive(Debug, Clone)]
+pub struct SyncServiceImpl {
+    core: Arc<Core>,
+}
+
+impl SyncServiceImpl {
+    /// A service over `core`.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// Checks the caller may follow `filter`.
+    fn authorise<T>(&self, req: &Request<T>, filter: &Filter) -> ServiceResult<()> {
+        let caller = self.core.caller(req)?;
+        if self.core.role != Role::Top {
+            // Replicas of replicas: any verified client of this node.
+            return self.core.reader(req).map(drop);
+        }
+        match &caller {
+            Caller::Operator(_) => Ok(()),
+            other => {
+                let f = other.active_node()?;
+                if filter.is_all() {
+                    return Err(ServiceError::PermissionDenied(format!(
+                        "node {} may follow only the prefix table (0.NA) and its own prefixes: \
+                         name them in prefixes",
+                        f.id
+                    )));
+                }
+                let own = self.core.registry.prefixes_of(Some(&f.id));
+                for p in &filter.prefixes {
+                    let allowed = p == idres_model::PREFIX_RECORD_PREFIX
+                        || own.iter().any(|a| {
+                            idres_model::Prefix::parse(&a.prefix)
+                                .ok()
+                                .zip(idres_model::Prefix::parse(p).ok())
+                                .is_some_and(|(a, p)| a.covers(&p))
+                        });
+                    if !allowed {
+                        return Err(ServiceError::PermissionDenied(format!(
+                            "prefix {p} is not the prefix table nor a prefix of node {}",
+                            f.id
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+type Tx = mpsc::Sender<Result<pb::SyncBatch, Status>>;
+
+#[tonic::async_trait]
+impl SyncService for SyncServiceImpl {
+    type SubscribeStream = ReceiverStream<Result<pb::SyncBatch, Status>>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let filter = Filter::parse(&req.get_ref().prefixes)
+            .map_err(|(i, e)| ServiceError::invalid(format!("prefixes[{i}]"), e))?;
+        self.authorise(&req, &filter)?;
+        let r = req.into_inner();
+        let store = Arc::clone(&self.core.store);
+        let last = store.last_seq();
+        if r.from_seq > last + 1 {
+            return Err(ServiceError::invalid(
+                "from_seq",
+                format!("{} is past this node's last sequence number {last}", r.from_seq),
+            )
+            .into());
+        }
+        let batch = match r.batch_size {
+            0 => DEFAULT_BATCH,
+            n => (n as usize).min(MAX_BATCH),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = produce(&*store, &filter, &r, batch, &tx) {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn digest(
+        &self,
+        req: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
+        let reader = self.core.reader(&req)?;
+        let prefix = match req.get_ref().prefix.as_str() {
+            "" => String::new(),
+            p => idres_model::Prefix::parse(p)
+                .map_err(|e| ServiceError::invalid("prefix", e))?
+                .as_str()
+                .to_owned(),
+        };
+        if let Reader::Node(id) = &reader {
+            if !id.is_empty() && prefix.is_empty() {
+                return Err(ServiceError::PermissionDenied(
+                    "a node asks for digests of prefixes, not of the whole store".into(),
+                )
+                .into());
+            }
+        }
+        let store = Arc::clone(&self.core.store);
+        let d = tokio::task::spawn_blocking(move || digest(&*store, &prefix))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(d))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::SyncStatusRequest>,
+    ) -> Result<Response<pb::SyncStatus>, Status> {
+        self.core.reader(&req)?;
+        let s = &self.core.store;
+        Ok(Response::new(pb::SyncStatus {
+            first_seq: s.first_seq().map_err(ServiceError::from)?,
+            last_seq: s.last_seq(),
+            handle_count: s.handle_count() as u64,
+            role: self.core.role.as_str().into(),
+        }))
+    }
+}
+
+/// A digest of every record under `prefix` ("" = all), as the proto says.
+pub fn digest(store: &dyn Store, prefix: &str) -> ServiceResult<pb::DigestResponse> {
+    let last_seq = store.last_seq();
+    let mut h = Sha256::new();
+    let mut count = 0u64;
+    let mut after = ranges::scan_start(prefix);
+    'outer: loop {
+        let page = store.scan(after.as_deref(), 4096)?;
+        if page.is_empty() {
+            break;
+        }
+        for (key, rec) in &page {
+            match ranges::position(prefix, key) {
+                Position::Before => continue,
+                Position::After => break 'outer,
+                Position::Inside => {}
+            }
+            let values = rec.encoded_values();
+            h.update((key.len() as u32).to_be_bytes());
+            h.update(key.as_bytes());
+            h.update((values.len() as u32).to_be_bytes());
+            h.update(values);
+            count += 1;
+        }
+        after = page.last().map(|(k, _)| k.clone());
+    }
+    Ok(pb::DigestResponse {
+        prefix: prefix.to_owned(),
+        count,
+        sha256: hex::encode(h.finalize()),
+        last_seq,
+    })
+}
+
+fn send(tx: &Tx, batch: pb::SyncBatch) -> bool {
+    tx.blocking_send(Ok(batch)).is_ok()
+}
+
+/// Streams a snapshot of every range of `filter`, starting after `resume`
+/// if given. Returns false if the replica went away.
+fn snapshot(
+    store: &dyn Store,
+    filter: &Filter,
+    snapshot_seq: u64,
+    resume: Option<&str>,
+    batch: usize,
+    tx: &Tx,
+) -> ServiceResult<bool> {
+    let ranges = filter.ranges();
+    let n = ranges.len();
+    for (i, prefix) in ranges.into_iter().enumerate() {
+        // Continue a resumed snapshot after its key; ranges wholly before
+        // it are sent empty, which deletes nothing at the replica.
+        let mut after = match (resume, ranges::scan_start(&prefix)) {
+            (Some(r), Some(s)) => Some(if r > s.as_str() { r.to_owned() } else { s }),
+            (Some(r), None) => Some(r.to_owned()),
+            (None, s) => s,
+        };
+        let mut start_after = match resume {
+            Some(r) if ranges::position(&prefix, r) == Position::Inside => r.to_owned(),
+            _ => String::new(),
+        };
+        loop {
+            let page = store.scan(after.as_deref(), batch)?;
+            let full = page.len() == batch;
+            let mut entries = Vec::with_capacity(page.len());
+            let mut ended = !full;
+            for (key, rec) in page.iter() {
+                match ranges::position(&prefix, key) {
+                    Position::Before => continue,
+                    Position::After => {
+                        ended = true;
+                        break;
+                    }
+                    Position::Inside => {}
+                }
+                entries.push(pb::SyncEntry {
+                    seq: 0,
+                    handle: key.clone(),
+                    deleted: false,
+                    values: rec.encoded_values().to_vec(),
+                    time: 0,
+                });
+            }
+            after = page.last().map(|(k, _)| k.clone()).or(after);
+            let after_key = entries.last().map(|e| e.handle.clone()).unwrap_or_default();
+            let progress = pb::SnapshotProgress {
+                snapshot_seq,
+                prefix: prefix.clone(),
+                after_key: if after_key.is_empty() {
+                    start_after.clone()
+                } else {
+                    after_key.clone()
+                },
+                prefix_done: ended,
+                done: ended && i + 1 == n,
+                start_after: start_after.clone(),
+            };
+            if !after_key.is_empty() {
+                start_after = after_key;
+            }
+            if !send(
+                tx,
+                pb::SyncBatch {
+                    entries,
+                    phase: Some(Phase::Snapshot(progress)),
+                },
+            ) {
+                return Ok(false);
+            }
+            if ended {
+                break;
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn produce(
+    store: &dyn Store,
+    filter: &Filter,
+    r: &pb::SubscribeRequest,
+    batch: usize,
+    tx: &Tx,
+) -> ServiceResult<()> {
+    let first = store.first_seq()?;
+    let mut next = if r.resume_snapshot_seq > 0 && r.resume_snapshot_seq + 1 >= first {
+        let s = r.resume_snapshot_seq;
+        if !snapshot(store, filter, s, Some(&r.resume_snapshot_after), batch, tx)? {
+            return Ok(());
+        }
+        s + 1
+    } else if r.from_seq == 0 || r.from_seq < first {
+        let s = store.last_seq();
+        if !snapshot(store, filter, s, None, batch, tx)? {
+            return Ok(());
+        }
+        s + 1
+    } else {
+        r.from_seq
+    };
+    loop {
+        if next < store.first_seq()? {
+            // The log was trimmed past what this replica has: start over.
+            let s = store.last_seq();
+            if !snapshot(store, filter, s, None, batch, tx)? {
+                return Ok(());
+            }
+            next = s + 1;
+        }
+        let changes = store.changes(next, batch)?;
+        let Some(through) = changes.last().map(|c| c.seq) else {
+            if r.stop_when_caught_up {
+                return Ok(());
+            }
+            if tx.is_closed() {
+                return Ok(());
+            }
+            std::thread::sleep(POLL);
+            continue;
+        };
+        // A later change of the same handle in this batch sends the same
+        // current record: send it once, at its last change.
+        let mut last_of: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(changes.len());
+        for (i, c) in changes.iter().enumerate() {
+            last_of.insert(c.handle.as_str(), i);
+        }
+        let mut entries = Vec::with_capacity(changes.len());
+        for (i, c) in changes.iter().enumerate() {
+            if !filter.matches(&c.handle) || last_of.get(c.handle.as_str()) != Some(&i) {
+                continue;
+            }
+            let current = store.get(&c.handle)?;
+            entries.push(match current {
+                Some(rec) => pb::SyncEntry {
+                    seq: c.seq,
+                    handle: c.handle.clone(),
+                    deleted: false,
+                    values: rec.encoded_values().to_vec(),
+                    time: c.time,
+                },
+                None => pb::SyncEntry {
+                    seq: c.seq,
+                    handle: c.handle.clone(),
+                    deleted: true,
+                    values: Vec::new(),
+                    time: c.time,
+                },
+            });
+        }
+        next = through + 1;
+        let progress = pb::ChangeProgress {
+            through_seq: through,
+            source_last_seq: store.last_seq(),
+        };
+        if !send(
+            tx,
+            pb::SyncBatch {
+                entries,
+                phase: Some(Phase::Changes(progress)),
+            },
+        ) {
+            return Ok(());
+        }
+    }
+}
