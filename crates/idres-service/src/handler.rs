@@ -293,6 +293,19 @@ impl Handler {
         Outcome::Reply
     }
 
+    /// Where a client asking for `handle` must be referred, if its prefix
+    /// is homed at another service: the prefix record's handle and the
+    /// HS_SITE / HS_SERV values to follow. Other faces (HTTP) refer with
+    /// the same rule as the Handle protocol.
+    pub fn referral(&self, handle: &Handle) -> Option<(String, Vec<HandleValue>)> {
+        if handle.is_prefix_record() {
+            return None;
+        }
+        let home = self.store.prefix_home(handle.prefix().as_str())?;
+        let values = self.referral_values(&home, handle)?;
+        Some((format!("{PREFIX_RECORD_PREFIX}/{}", home.prefix), values))
+    }
+
     /// The values to refer a client to, if `home` (the prefix record
     /// governing `handle`) places the prefix at another service. Values of
     /// an ancestor's record count through their `.PREFIX` forms, which are

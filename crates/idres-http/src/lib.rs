@@ -1,0 +1,157 @@
+//! The HTTP face of idres.
+//!
+//! One listener (plain HTTP, or HTTPS with rustls and an optional client
+//! CA) serves, on the same port as a Handle.Net server's port 8000:
+//!
+//! - the Handle.Net-compatible JSON API ([`api`]): `/api/handles/{handle}`
+//!   with GET, PUT and DELETE, `/api/handles?prefix=` listing, and
+//!   `/api/prefixes`;
+//! - native Handle messages over HTTP ([`native`]): `POST /` with
+//!   `Content-Type: application/x-hdl-message`, answered by the same
+//!   [`Handler`](idres_service::Handler) as UDP and TCP;
+//! - reverse lookup ([`hrls`]): `/hrls/handles?URL=*pattern*`, from the
+//!   store's value index;
+//! - a web resolver page ([`web`]) at `/` and `/{handle}`;
+//! - its own OpenAPI description ([`openapi`]) and Prometheus metrics
+//!   ([`metrics`]).
+//!
+//! Writes are authenticated ([`auth`]): HTTP Basic with the user
+//! `index%3Ahandle` and the HS_SECKEY as password, checked against a
+//! salted PBKDF2 hash ([`secret`]), or a client certificate whose CN or UID
+//! is `index:handle`. The identity must be granted the operation's bit by
+//! an HS_ADMIN value of the handle or of its prefix record, directly or
+//! through HS_VLIST groups. A write is answered only once the store
+//! reports it durable.
+//!
+//! The caller binds the listener and hands it in ([`serve`]), so that
+//! tests bind port 0.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+mod error;
+pub mod hrls;
+pub mod metrics;
+pub mod native;
+pub mod openapi;
+mod query;
+pub mod secret;
+mod server;
+pub mod tls;
+pub mod web;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use idres_service::Handler;
+use idres_store::Store;
+
+pub use error::ApiError;
+pub use server::{serve, ConnInfo};
+pub use tls::{TlsError, TlsFiles};
+
+/// Settings of the HTTP face.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most connections open at once; further clients wait to be accepted.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how
+    /// long an idle keep-alive connection is kept.
+    pub header_timeout: Duration,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// PBKDF2 iterations for secrets hashed by this node.
+    pub secret_iterations: u32,
+    /// Most handles one page of `/api/handles?prefix=` may hold.
+    pub max_page_size: usize,
+    /// Most handles one page of `/hrls/handles` may hold.
+    pub max_search_limit: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 << 20,
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            secret_iterations: secret::DEFAULT_ITERATIONS,
+            max_page_size: 10_000,
+            max_search_limit: 10_000,
+        }
+    }
+}
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct App {
+    store: Arc<dyn Store>,
+    handler: Arc<Handler>,
+    auth: auth::Authenticator,
+    metrics: metrics::Metrics,
+    options: HttpOptions,
+}
+
+impl App {
+    /// The state of an HTTP face over `handler` (and its store).
+    pub fn new(handler: Arc<Handler>, options: HttpOptions) -> Arc<Self> {
+        Arc::new(Self {
+            store: Arc::clone(handler.store()),
+            auth: auth::Authenticator::new(options.secret_iterations),
+            handler,
+            metrics: metrics::Metrics::default(),
+            options,
+        })
+    }
+
+    /// The store served.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The node's Handle request handler.
+    pub fn handler(&self) -> &Arc<Handler> {
+        &self.handler
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &HttpOptions {
+        &self.options
+    }
+
+    /// The request counters.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+}
+
+/// The routes of the HTTP face.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(web::home).post(native::post))
+        .route("/api/handles", get(api::list_handles))
+        .route("/api/handles/", get(api::list_handles))
+        .route(
+            "/api/handles/{*handle}",
+            get(api::get_handle)
+                .put(api::put_handle)
+                .delete(api::delete_handle),
+        )
+        .route("/api/prefixes", get(api::list_prefixes))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/hrls/handles", get(hrls::search))
+        .route("/hrls/handles/", get(hrls::search))
+        .route("/metrics", get(metrics::export))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(web::by_path)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            metrics::track,
+        ))
+        .with_state(app)
+}
