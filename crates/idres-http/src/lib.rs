@@ -30,6 +30,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bootstrap;
 mod error;
 pub mod hrls;
 pub mod metrics;

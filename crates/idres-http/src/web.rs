@@ -145,7 +145,7 @@ fn error_section(title: &str, sentences: &str) -> String {
 
 /// What a lookup for the page found.
 enum Lookup {
-    Invalid(String),
+    Invalid(idres_model::IdentifierError),
     NotFound(Handle),
     Referral(Handle, String, Vec<HandleValue>),
     Found(Handle, Vec<HandleValue>, usize),
@@ -155,7 +155,7 @@ enum Lookup {
 fn lookup(app: &App, raw: &str) -> Lookup {
     let handle = match Handle::parse(raw) {
         Ok(h) => h,
-        Err(e) => return Lookup::Invalid(e.to_string()),
+        Err(e) => return Lookup::Invalid(e),
     };
     if let Some((service, values)) = app.handler().referral(&handle) {
         return Lookup::Referral(handle, service, values);
@@ -382,9 +382,12 @@ fn record_page(app: &App, raw: &str) -> Response {
             &error_section(
                 "This is not a valid identifier",
                 &format!(
-                    "{} An identifier looks like <code>88.118.8/JXDY2106023</code>: a prefix \
-                     of dot-separated parts, a slash, and a suffix.",
-                    esc(&sentence(&reason))
+                    "<code>{}</code>: {} (at byte {}). An identifier looks like \
+                     <code>88.118.8/JXDY2106023</code>: a prefix of dot-separated parts, a \
+                     slash, and a suffix.",
+                    esc(&reason.input),
+                    esc(&sentence(reason.reason)),
+                    reason.position
                 ),
             ),
         ),
@@ -445,9 +448,6 @@ fn sentence(reason: &str) -> String {
     if let Some(first) = s.get(..1) {
         let up = first.to_uppercase();
         s.replace_range(..1, &up);
-    }
-    if !s.ends_with('.') {
-        s.push('.');
     }
     s
 }

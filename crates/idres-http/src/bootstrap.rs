@@ -1,0 +1,183 @@
+//! The first administrator of a prefix.
+//!
+//! A prefix's authority lives in its prefix record `0.NA/<prefix>`; by the
+//! convention of Handle services, that record's HS_ADMIN (index 100) grants
+//! every permission to the group at its own index 200, an HS_VLIST listing
+//! the administrators. [`init_prefix`] writes that, adds the new
+//! administrator to the group (keeping members already there), and gives
+//! the administrator's handle its secret key (stored hashed) and an
+//! HS_ADMIN pointing at the same group, all in one atomic write. Other
+//! values of both records are kept, so running it again, or on a prefix
+//! that is already homed here, is harmless.
+
+use bytes::Bytes;
+use idres_model::{
+    types, AdminPermissions, AdminRef, HandleValue, Permissions, Prefix, ValueList, ValueReference,
+};
+use idres_store::{Mutation, Store, StoreError, WriteRequest};
+
+use crate::auth::Identity;
+use crate::secret;
+
+/// Index of the prefix record's HS_ADMIN, and of the identity handle's.
+pub const ADMIN_INDEX: u32 = 100;
+/// Index of the administrators' group in the prefix record.
+pub const GROUP_INDEX: u32 = 200;
+
+/// Why the first administrator could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record does not decode.
+    #[error("the record {0} is corrupt")]
+    Corrupt(String),
+    /// The identity's index is taken by a value that is not a secret key.
+    #[error("{identity}: index {index} holds a {found} value, not HS_SECKEY")]
+    IndexTaken {
+        /// The identity.
+        identity: String,
+        /// Its index.
+        index: u32,
+        /// The type found there.
+        found: String,
+    },
+    /// The identity's index collides with the record's own admin values.
+    #[error("the identity's index {0} is reserved for HS_ADMIN (100) or the group (200)")]
+    ReservedIndex(u32),
+    /// An empty secret.
+    #[error("the secret key is empty")]
+    EmptySecret,
+}
+
+fn current(store: &dyn Store, key: &str) -> Result<Vec<HandleValue>, BootstrapError> {
+    match store.get(key)? {
+        None => Ok(Vec::new()),
+        Some(r) => r
+            .values()
+            .map_err(|_| BootstrapError::Corrupt(key.to_owned())),
+    }
+}
+
+fn upsert(values: &mut Vec<HandleValue>, v: HandleValue) {
+    match values.iter_mut().find(|o| o.index == v.index) {
+        Some(o) => *o = v,
+        None => values.push(v),
+    }
+}
+
+/// The write that makes `admin` (with secret key `secret`) an
+/// administrator of `prefix`, from the store's current records.
+pub fn init_prefix(
+    store: &dyn Store,
+    prefix: &Prefix,
+    admin: &Identity,
+    secret_key: &[u8],
+    iterations: u32,
+    now: u32,
+) -> Result<WriteRequest, BootstrapError> {
+    if secret_key.is_empty() {
+        return Err(BootstrapError::EmptySecret);
+    }
+    let record = prefix.record_handle();
+    let same_handle = admin.handle.key() == record.key();
+    if same_handle && (admin.index == ADMIN_INDEX || admin.index == GROUP_INDEX) {
+        return Err(BootstrapError::ReservedIndex(admin.index));
+    }
+    let group = AdminRef {
+        permissions: AdminPermissions::ALL,
+        handle: record.as_str().to_owned(),
+        index: GROUP_INDEX,
+    };
+    let stamp = |mut v: HandleValue| {
+        v.timestamp = now;
+        v
+    };
+
+    let mut prefix_values = current(store, record.key())?;
+    let mut members = prefix_values
+        .iter()
+        .find(|v| v.index == GROUP_INDEX && v.value_type.eq_ignore_ascii_case(types::HS_VLIST))
+        .and_then(|v| ValueList::decode(&v.data).ok())
+        .unwrap_or_default();
+    let member = ValueReference {
+        handle: admin.handle.as_str().to_owned(),
+        index: admin.index,
+    };
+    if !members.0.iter().any(|m| {
+        m.index == member.index
+            && idres_model::Handle::parse(&m.handle).is_ok_and(|h| h.key() == admin.handle.key())
+    }) {
+        members.0.push(member);
+    }
+    upsert(
+        &mut prefix_values,
+        stamp(HandleValue::new(
+            ADMIN_INDEX,
+            types::HS_ADMIN,
+            group.encode(),
+        )),
+    );
+    upsert(
+        &mut prefix_values,
+        stamp(HandleValue::new(
+            GROUP_INDEX,
+            types::HS_VLIST,
+            members.encode(),
+        )),
+    );
+
+    let mut admin_values = if same_handle {
+        std::mem::take(&mut prefix_values)
+    } else {
+        current(store, admin.handle.key())?
+    };
+    if let Some(v) = admin_values.iter().find(|v| v.index == admin.index) {
+        if !v.value_type.eq_ignore_ascii_case(types::HS_SECKEY) {
+            return Err(BootstrapError::IndexTaken {
+                identity: admin.to_string(),
+                index: admin.index,
+                found: v.value_type.clone(),
+            });
+        }
+    }
+    let mut key = HandleValue::new(
+        admin.index,
+        types::HS_SECKEY,
+        Bytes::from(secret::hash_secret(secret_key, iterations)),
+    );
+    key.permissions = Permissions(Permissions::ADMIN_READ | Permissions::ADMIN_WRITE);
+    upsert(&mut admin_values, stamp(key));
+    if !same_handle
+        && !admin_values
+            .iter()
+            .any(|v| v.value_type.eq_ignore_ascii_case(types::HS_ADMIN))
+    {
+        upsert(
+            &mut admin_values,
+            stamp(HandleValue::new(
+                ADMIN_INDEX,
+                types::HS_ADMIN,
+                group.encode(),
+            )),
+        );
+    }
+
+    let mut mutations = Vec::new();
+    if !same_handle {
+        mutations.push(Mutation::Put {
+            handle: record,
+            values: prefix_values,
+        });
+    }
+    mutations.push(Mutation::Put {
+        handle: admin.handle.clone(),
+        values: admin_values,
+    });
+    Ok(WriteRequest {
+        mutations,
+        idempotency_key: None,
+    })
+}
