@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["common", "node", "registry", "sync"]
-        .map(|f| root.join(format!("idres/v1/{f}.proto")));
+    let files =
+        ["common", "node", "registry", "sync"].map(|f| root.join(format!("idres/v1/{f}.proto")));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -4,9 +4,9 @@
 
 use tonic::Request;
 
+use crate::certs::OPERATOR_CN_PREFIX;
 use crate::error::ServiceError;
 use crate::tls::{fingerprint, PeerCert, PeerInfo};
-use crate::certs::OPERATOR_CN_PREFIX;
 
 /// Metadata key naming the caller on a development plaintext connection.
 pub const DEV_PEER_HEADER: &str = "x-idres-dev-peer";
@@ -39,7 +39,5 @@ pub fn peer<T>(req: &Request<T>) -> Result<PeerCert, ServiceError> {
             node_ca: true,
         });
     }
-    info.identity
-        .clone()
-        .map_err(ServiceError::Unauthenticated)
+    info.identity.clone().map_err(ServiceError::Unauthenticated)
 }

@@ -8,7 +8,12 @@ use crate::pb;
 
 /// A value from a request; `field` is the request field holding the list
 /// (`values`), used in errors as `values[2].type`.
-pub fn value_from_pb(v: &pb::HandleValue, field: &str, i: usize, now: u32) -> ServiceResult<HandleValue> {
+pub fn value_from_pb(
+    v: &pb::HandleValue,
+    field: &str,
+    i: usize,
+    now: u32,
+) -> ServiceResult<HandleValue> {
     let f = |name: &str| format!("{field}[{i}].{name}");
     if v.index == 0 {
         return Err(ServiceError::invalid(f("index"), "must be greater than 0"));
@@ -23,7 +28,10 @@ pub fn value_from_pb(v: &pb::HandleValue, field: &str, i: usize, now: u32) -> Se
         return Err(ServiceError::invalid(f("data"), "longer than 256 KiB"));
     }
     if v.permissions > 0x0F {
-        return Err(ServiceError::invalid(f("permissions"), "only bits 0x0F are defined"));
+        return Err(ServiceError::invalid(
+            f("permissions"),
+            "only bits 0x0F are defined",
+        ));
     }
     let ttl_type = match pb::TtlType::try_from(v.ttl_type) {
         Ok(pb::TtlType::Relative) => TtlType::RELATIVE,
@@ -62,9 +70,16 @@ pub fn value_from_pb(v: &pb::HandleValue, field: &str, i: usize, now: u32) -> Se
 
 /// Every value of a request, validated together (unique indexes, typed
 /// data of reserved types).
-pub fn values_from_pb(values: &[pb::HandleValue], field: &str, now: u32) -> ServiceResult<Vec<HandleValue>> {
+pub fn values_from_pb(
+    values: &[pb::HandleValue],
+    field: &str,
+    now: u32,
+) -> ServiceResult<Vec<HandleValue>> {
     if values.is_empty() {
-        return Err(ServiceError::invalid(field, "at least one value is required"));
+        return Err(ServiceError::invalid(
+            field,
+            "at least one value is required",
+        ));
     }
     if values.len() > idres_model::value::MAX_VALUES {
         return Err(ServiceError::invalid(field, "more than 4096 values"));

@@ -10,7 +10,9 @@
 const ALPHABET: &[u8; 31] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
 
 /// Weights of positions 1 to 17.
-const WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+const WEIGHTS: [u32; 17] = [
+    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+];
 
 /// Why a string is not a valid credit code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,7 +99,10 @@ mod tests {
 
     #[test]
     fn errors_say_what() {
-        assert_eq!(validate("91350100M000100Y4"), Err(CreditCodeError::Length(17)));
+        assert_eq!(
+            validate("91350100M000100Y4"),
+            Err(CreditCodeError::Length(17))
+        );
         assert_eq!(
             validate("91350100M000100Y44"),
             Err(CreditCodeError::Check {

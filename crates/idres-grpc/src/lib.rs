@@ -19,15 +19,19 @@
 
 pub mod auth;
 pub mod certs;
+pub mod cli;
 pub mod convert;
 pub mod core;
 pub mod credit_code;
 pub mod error;
+pub mod escrow;
+pub mod node;
 pub mod node_service;
 pub mod page;
 pub mod ranges;
 pub mod registry;
 pub mod registry_service;
+pub mod replica;
 pub mod resolve_service;
 pub mod server;
 pub mod sync_service;

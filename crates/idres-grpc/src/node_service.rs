@@ -87,24 +87,39 @@ impl NodeService for NodeServiceImpl {
         &self,
         req: Request<pb::TransitionRequest>,
     ) -> Result<Response<pb::Filing>, Status> {
-        self.transition(req, "reject", &[FilingState::Pending], FilingState::Rejected)
-            .await
+        self.transition(
+            req,
+            "reject",
+            &[FilingState::Pending],
+            FilingState::Rejected,
+        )
+        .await
     }
 
     async fn suspend(
         &self,
         req: Request<pb::TransitionRequest>,
     ) -> Result<Response<pb::Filing>, Status> {
-        self.transition(req, "suspend", &[FilingState::Active], FilingState::Suspended)
-            .await
+        self.transition(
+            req,
+            "suspend",
+            &[FilingState::Active],
+            FilingState::Suspended,
+        )
+        .await
     }
 
     async fn reinstate(
         &self,
         req: Request<pb::TransitionRequest>,
     ) -> Result<Response<pb::Filing>, Status> {
-        self.transition(req, "reinstate", &[FilingState::Suspended], FilingState::Active)
-            .await
+        self.transition(
+            req,
+            "reinstate",
+            &[FilingState::Suspended],
+            FilingState::Active,
+        )
+        .await
     }
 
     async fn revoke(
@@ -140,7 +155,10 @@ impl NodeService for NodeServiceImpl {
     ) -> Result<Response<pb::PrefixAllocation>, Status> {
         let caller = self.caller(&req)?;
         Ok(Response::new(
-            self.core.registry.allocate(&caller, req.into_inner()).await?,
+            self.core
+                .registry
+                .allocate(&caller, req.into_inner())
+                .await?,
         ))
     }
 

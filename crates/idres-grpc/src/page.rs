@@ -33,7 +33,10 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_keep_their_kind() {
         let t = encode("p", "88.118.8/a:b");
-        assert_eq!(decode(&t, "p", "page_token").unwrap().as_deref(), Some("88.118.8/a:b"));
+        assert_eq!(
+            decode(&t, "p", "page_token").unwrap().as_deref(),
+            Some("88.118.8/a:b")
+        );
         assert!(decode(&t, "v", "page_token").is_err());
         assert!(decode("!!", "p", "page_token").is_err());
         assert_eq!(decode("", "p", "page_token").unwrap(), None);

@@ -100,7 +100,13 @@ mod tests {
 
     #[test]
     fn ranges_are_contiguous_and_ordered() {
-        let f = Filter::parse(&["88.1".into(), "0.na".into(), "88.1.2".into(), "88.1-x".into()]).unwrap();
+        let f = Filter::parse(&[
+            "88.1".into(),
+            "0.na".into(),
+            "88.1.2".into(),
+            "88.1-x".into(),
+        ])
+        .unwrap();
         assert_eq!(f.prefixes, ["0.NA", "88.1-X", "88.1"]);
         assert!(f.matches("88.1/a"));
         assert!(f.matches("88.1.7/a"));

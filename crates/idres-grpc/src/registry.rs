@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use idres_model::{
-    AdminPermissions, AdminRef, Handle, HandleValue, Prefix, ServerInfo, SiteInfo, types,
+    types, AdminPermissions, AdminRef, Handle, HandleValue, Prefix, ServerInfo, SiteInfo,
     PREFIX_RECORD_PREFIX,
 };
 use idres_store::{Mutation, Store, WriteRequest};
@@ -58,7 +58,10 @@ impl Caller {
     /// How the caller appears in the audit trail.
     pub fn actor(&self) -> String {
         match self {
-            Caller::Operator(p) => format!("operator:{}", p.subject.trim_start_matches(OPERATOR_CN_PREFIX)),
+            Caller::Operator(p) => format!(
+                "operator:{}",
+                p.subject.trim_start_matches(OPERATOR_CN_PREFIX)
+            ),
             Caller::Node(_, f) => format!("node:{}", f.id),
             Caller::Unfiled(p) => format!("unfiled:{}", p.subject),
         }
@@ -374,7 +377,10 @@ impl NodeRegistry {
         match caller {
             Caller::Operator(_) => {
                 if id.is_empty() {
-                    return Err(ServiceError::invalid("id", "operators must name the filing"));
+                    return Err(ServiceError::invalid(
+                        "id",
+                        "operators must name the filing",
+                    ));
                 }
                 self.filing(id)
             }
@@ -452,7 +458,8 @@ impl NodeRegistry {
     ) -> ServiceResult<pb::ListNodesResponse> {
         caller.operator()?;
         let size = page_size(req.page_size, 100, 1000);
-        let mut after = crate::page::decode(&req.page_token, "f", "page_token")?.map(String::into_bytes);
+        let mut after =
+            crate::page::decode(&req.page_token, "f", "page_token")?.map(String::into_bytes);
         let mut filings = Vec::new();
         let mut next = String::new();
         'outer: loop {
@@ -463,7 +470,9 @@ impl NodeRegistry {
             for (k, _) in &page {
                 after = Some(k.clone());
                 let id = String::from_utf8_lossy(k).into_owned();
-                let Some(f) = self.load_filing(&id)? else { continue };
+                let Some(f) = self.load_filing(&id)? else {
+                    continue;
+                };
                 if req.state != 0 && f.state != req.state {
                     continue;
                 }
@@ -596,7 +605,8 @@ impl NodeRegistry {
             ServiceError::FailedPrecondition(format!("filing {} has no service address", filing.id))
         })?;
         let record = prefix.record_handle();
-        Ok(vec![
+        let stamp = u32::try_from(now()).unwrap_or(u32::MAX);
+        let values = vec![
             HandleValue::new(SITE_INDEX, types::HS_SITE, site.encode()),
             HandleValue::new(
                 ADMIN_INDEX,
@@ -613,7 +623,14 @@ impl NodeRegistry {
                 types::DESC,
                 Bytes::from(format!("{} ({})", app.organisation, filing.id)),
             ),
-        ])
+        ];
+        Ok(values
+            .into_iter()
+            .map(|mut v| {
+                v.timestamp = stamp;
+                v
+            })
+            .collect())
     }
 
     fn set_table(&self, f: impl FnOnce(&mut BTreeMap<String, pb::PrefixAllocation>)) {
@@ -760,7 +777,9 @@ impl NodeRegistry {
         let _guard = self.lock.lock().await;
         let table = self.table();
         let Some(alloc) = table.get(prefix.as_str()).cloned() else {
-            return Err(ServiceError::NotFound(format!("prefix {prefix} is not allocated")));
+            return Err(ServiceError::NotFound(format!(
+                "prefix {prefix} is not allocated"
+            )));
         };
         if alloc.kind != AllocationKind::Allocated as i32 {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -780,7 +799,11 @@ impl NodeRegistry {
     }
 
     /// A node homes a derived prefix.
-    pub async fn home(&self, caller: &Caller, req: pb::HomeRequest) -> ServiceResult<pb::PrefixAllocation> {
+    pub async fn home(
+        &self,
+        caller: &Caller,
+        req: pb::HomeRequest,
+    ) -> ServiceResult<pb::PrefixAllocation> {
         let filing = caller.active_node()?.clone();
         let prefix = parse_prefix(&req.prefix, "prefix")?;
         let _guard = self.lock.lock().await;
@@ -788,7 +811,11 @@ impl NodeRegistry {
         if let Some(a) = table.get(prefix.as_str()) {
             return Err(ServiceError::AlreadyExists(format!(
                 "prefix {prefix} is already {} by node {}",
-                if a.kind == AllocationKind::Homed as i32 { "homed" } else { "allocated" },
+                if a.kind == AllocationKind::Homed as i32 {
+                    "homed"
+                } else {
+                    "allocated"
+                },
                 a.filing_id
             )));
         }
@@ -815,13 +842,19 @@ impl NodeRegistry {
     }
 
     /// A node unhomes a derived prefix it homed.
-    pub async fn unhome(&self, caller: &Caller, req: pb::HomeRequest) -> ServiceResult<pb::PrefixAllocation> {
+    pub async fn unhome(
+        &self,
+        caller: &Caller,
+        req: pb::HomeRequest,
+    ) -> ServiceResult<pb::PrefixAllocation> {
         let filing = caller.active_node()?.clone();
         let prefix = parse_prefix(&req.prefix, "prefix")?;
         let _guard = self.lock.lock().await;
         let table = self.table();
         let alloc = match table.get(prefix.as_str()) {
-            Some(a) if a.filing_id == filing.id && a.kind == AllocationKind::Homed as i32 => a.clone(),
+            Some(a) if a.filing_id == filing.id && a.kind == AllocationKind::Homed as i32 => {
+                a.clone()
+            }
             Some(a) if a.filing_id == filing.id => {
                 return Err(ServiceError::FailedPrecondition(format!(
                     "prefix {prefix} was allocated by an operator; only an operator withdraws it"
@@ -833,7 +866,11 @@ impl NodeRegistry {
                     a.filing_id
                 )))
             }
-            None => return Err(ServiceError::NotFound(format!("prefix {prefix} is not homed"))),
+            None => {
+                return Err(ServiceError::NotFound(format!(
+                    "prefix {prefix} is not homed"
+                )))
+            }
         };
         let seq = self
             .remove_allocations(caller, &filing.id, vec![alloc.prefix.clone()], "unhome", "")
@@ -846,7 +883,10 @@ impl NodeRegistry {
 pub fn parse_prefix(s: &str, field: &str) -> ServiceResult<Prefix> {
     let p = Prefix::parse(s).map_err(|e| ServiceError::invalid(field, e))?;
     if Prefix::parse(PREFIX_RECORD_PREFIX).is_ok_and(|na| na.covers(&p)) {
-        return Err(ServiceError::invalid(field, "0.NA is reserved for prefix records"));
+        return Err(ServiceError::invalid(
+            field,
+            "0.NA is reserved for prefix records",
+        ));
     }
     Ok(p)
 }
@@ -858,7 +898,9 @@ fn service_addr(a: &pb::ServiceAddress, i: usize) -> ServiceResult<SocketAddr> {
     let port = u16::try_from(a.port)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| ServiceError::invalid(format!("service_addresses[{i}].port"), "not 1-65535"))?;
+        .ok_or_else(|| {
+            ServiceError::invalid(format!("service_addresses[{i}].port"), "not 1-65535")
+        })?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -868,7 +910,10 @@ fn validate_application(req: &pb::FileRequest) -> ServiceResult<()> {
             return Err(ServiceError::invalid(field, "required"));
         }
         if v.chars().count() > max {
-            return Err(ServiceError::invalid(field, format!("longer than {max} characters")));
+            return Err(ServiceError::invalid(
+                field,
+                format!("longer than {max} characters"),
+            ));
         }
         if v.chars().any(char::is_control) {
             return Err(ServiceError::invalid(field, "contains control characters"));
@@ -883,14 +928,23 @@ fn validate_application(req: &pb::FileRequest) -> ServiceResult<()> {
         .ok_or_else(|| ServiceError::invalid("contact", "required"))?;
     text("contact.name", &contact.name, 128)?;
     if contact.phone.trim().is_empty() && contact.email.trim().is_empty() {
-        return Err(ServiceError::invalid("contact", "give a phone number or an e-mail address"));
+        return Err(ServiceError::invalid(
+            "contact",
+            "give a phone number or an e-mail address",
+        ));
     }
     if !contact.email.is_empty() && !contact.email.contains('@') {
-        return Err(ServiceError::invalid("contact.email", "not an e-mail address"));
+        return Err(ServiceError::invalid(
+            "contact.email",
+            "not an e-mail address",
+        ));
     }
     text("industry", &req.industry, 128)?;
     if req.service_addresses.is_empty() {
-        return Err(ServiceError::invalid("service_addresses", "at least one is required"));
+        return Err(ServiceError::invalid(
+            "service_addresses",
+            "at least one is required",
+        ));
     }
     if req.service_addresses.len() > 16 {
         return Err(ServiceError::invalid("service_addresses", "at most 16"));

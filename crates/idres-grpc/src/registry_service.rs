@@ -101,7 +101,10 @@ impl RegistryServiceImpl {
     /// The write request of an operation, or why it is refused.
     fn prepare(&self, scope: &Scope, op: &pb::Operation, now: u32) -> ServiceResult<WriteRequest> {
         if op.operation_id.is_empty() || op.operation_id.len() > MAX_OPERATION_ID {
-            return Err(ServiceError::invalid("operation_id", "must be 1 to 128 bytes"));
+            return Err(ServiceError::invalid(
+                "operation_id",
+                "must be 1 to 128 bytes",
+            ));
         }
         let handle = Handle::parse(&op.handle).map_err(|e| ServiceError::invalid("handle", e))?;
         match scope {
@@ -137,7 +140,10 @@ impl RegistryServiceImpl {
             }],
             OperationKind::Delete => {
                 if !op.values.is_empty() {
-                    return Err(ServiceError::invalid("values", "a DELETE carries no values"));
+                    return Err(ServiceError::invalid(
+                        "values",
+                        "a DELETE carries no values",
+                    ));
                 }
                 vec![Mutation::Delete { handle }]
             }
@@ -211,7 +217,9 @@ impl RegistryService for RegistryServiceImpl {
         let scope = self.scope(&req)?;
         let ops = req.into_inner().operations;
         if ops.len() > MAX_BATCH {
-            return Err(ServiceError::invalid("operations", "more than 10,000 in one batch").into());
+            return Err(
+                ServiceError::invalid("operations", "more than 10,000 in one batch").into(),
+            );
         }
         let n = ops.len();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -232,7 +240,9 @@ impl RegistryService for RegistryServiceImpl {
             }
         }
         if got != n {
-            return Err(Status::unavailable("the store shut down before every operation was durable"));
+            return Err(Status::unavailable(
+                "the store shut down before every operation was durable",
+            ));
         }
         Ok(Response::new(pb::RegisterBatchResponse { results }))
     }

@@ -112,32 +112,34 @@ impl ResolveService for ResolveServiceImpl {
             .handles
             .iter()
             .enumerate()
-            .map(|(i, h)| match record(&self.core, &reader, h, &r.types, &[]) {
-                Ok(Some(rec)) => pb::ResolveResult {
-                    handle: h.clone(),
-                    record: Some(rec),
-                    code: Code::Ok as i32,
-                    message: String::new(),
+            .map(
+                |(i, h)| match record(&self.core, &reader, h, &r.types, &[]) {
+                    Ok(Some(rec)) => pb::ResolveResult {
+                        handle: h.clone(),
+                        record: Some(rec),
+                        code: Code::Ok as i32,
+                        message: String::new(),
+                    },
+                    Ok(None) => pb::ResolveResult {
+                        handle: h.clone(),
+                        record: None,
+                        code: Code::NotFound as i32,
+                        message: format!("handle {h} not found"),
+                    },
+                    Err(ServiceError::InvalidArgument { reason, .. }) => pb::ResolveResult {
+                        handle: h.clone(),
+                        record: None,
+                        code: Code::InvalidArgument as i32,
+                        message: format!("invalid handles[{i}]: {reason}"),
+                    },
+                    Err(e) => pb::ResolveResult {
+                        handle: h.clone(),
+                        record: None,
+                        code: e.code() as i32,
+                        message: e.to_string(),
+                    },
                 },
-                Ok(None) => pb::ResolveResult {
-                    handle: h.clone(),
-                    record: None,
-                    code: Code::NotFound as i32,
-                    message: format!("handle {h} not found"),
-                },
-                Err(ServiceError::InvalidArgument { reason, .. }) => pb::ResolveResult {
-                    handle: h.clone(),
-                    record: None,
-                    code: Code::InvalidArgument as i32,
-                    message: format!("invalid handles[{i}]: {reason}"),
-                },
-                Err(e) => pb::ResolveResult {
-                    handle: h.clone(),
-                    record: None,
-                    code: e.code() as i32,
-                    message: e.to_string(),
-                },
-            })
+            )
             .collect();
         Ok(Response::new(pb::BatchResolveResponse { results }))
     }
@@ -156,7 +158,11 @@ impl ResolveService for ResolveServiceImpl {
     }
 }
 
-fn search(core: &Core, reader: &Reader, r: &pb::SearchRequest) -> ServiceResult<pb::SearchResponse> {
+fn search(
+    core: &Core,
+    reader: &Reader,
+    r: &pb::SearchRequest,
+) -> ServiceResult<pb::SearchResponse> {
     let size = page_size(r.page_size, 100, 10_000);
     let store = &*core.store;
     let hit = |key: String| -> ServiceResult<pb::SearchHit> {
@@ -181,7 +187,9 @@ fn search(core: &Core, reader: &Reader, r: &pb::SearchRequest) -> ServiceResult<
             let after = page::decode(&r.page_token, "p", "page_token")?;
             let keys = store.list(&prefix, after.as_deref(), size)?;
             let next = if keys.len() == size {
-                keys.last().map(|k| page::encode("p", k)).unwrap_or_default()
+                keys.last()
+                    .map(|k| page::encode("p", k))
+                    .unwrap_or_default()
             } else {
                 String::new()
             };
@@ -196,7 +204,10 @@ fn search(core: &Core, reader: &Reader, r: &pb::SearchRequest) -> ServiceResult<
                 return Err(ServiceError::invalid("value.type", "required"));
             }
             if v.pattern.is_empty() {
-                return Err(ServiceError::invalid("value.pattern", "required (use * for any)"));
+                return Err(ServiceError::invalid(
+                    "value.pattern",
+                    "required (use * for any)",
+                ));
             }
             let cursor = page::decode(&r.page_token, "v", "page_token")?;
             let found = store.find_by_value(&v.r#type, &v.pattern, cursor.as_deref(), size)?;
@@ -216,12 +227,15 @@ fn search(core: &Core, reader: &Reader, r: &pb::SearchRequest) -> ServiceResult<
         }
         Some(Query::Changed(c)) => {
             if c.to_time != 0 && c.to_time <= c.from_time {
-                return Err(ServiceError::invalid("changed.to_time", "must be after from_time"));
+                return Err(ServiceError::invalid(
+                    "changed.to_time",
+                    "must be after from_time",
+                ));
             }
             let mut seq = match page::decode(&r.page_token, "c", "page_token")? {
-                Some(s) => s
-                    .parse::<u64>()
-                    .map_err(|_| ServiceError::invalid("page_token", "not a token of this listing"))?,
+                Some(s) => s.parse::<u64>().map_err(|_| {
+                    ServiceError::invalid("page_token", "not a token of this listing")
+                })?,
                 None => first_seq_at(store, c.from_time)?,
             };
             seq = seq.max(store.first_seq()?);

@@ -98,7 +98,10 @@ impl SyncService for SyncServiceImpl {
         if r.from_seq > last + 1 {
             return Err(ServiceError::invalid(
                 "from_seq",
-                format!("{} is past this node's last sequence number {last}", r.from_seq),
+                format!(
+                    "{} is past this node's last sequence number {last}",
+                    r.from_seq
+                ),
             )
             .into());
         }

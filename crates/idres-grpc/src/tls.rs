@@ -40,7 +40,7 @@ use crate::certs::OPERATOR_CN_PREFIX;
 #[non_exhaustive]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// Which file.
         path: String,
@@ -256,9 +256,11 @@ impl PeerChecker {
     /// Verifies a presented chain (end entity first).
     pub fn check(&self, chain: &[CertificateDer<'_>]) -> Result<PeerCert, String> {
         let Some((end, intermediates)) = chain.split_first() else {
-            return Err("no client certificate was presented; a certificate issued by this \
+            return Err(
+                "no client certificate was presented; a certificate issued by this \
                         node's CA is required"
-                .into());
+                    .into(),
+            );
         };
         let now = UnixTime::now();
         let subject = subject_cn(end).unwrap_or_default();
@@ -270,10 +272,10 @@ impl PeerChecker {
                 .is_ok();
         if as_node.is_err() && !as_operator {
             let why = match as_node {
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::UnknownIssuer,
-                )) => "unknown CA: the client certificate is not issued by a CA this node trusts"
-                    .to_owned(),
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+                    "unknown CA: the client certificate is not issued by a CA this node trusts"
+                        .to_owned()
+                }
                 Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)) => {
                     "the client certificate has expired".to_owned()
                 }
@@ -535,7 +537,10 @@ pub async fn connect(
     if let Some(t) = tls {
         let mut cfg = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(&t.cert_pem, &t.key_pem));
+            .identity(tonic::transport::Identity::from_pem(
+                &t.cert_pem,
+                &t.key_pem,
+            ));
         if let Some(n) = &t.server_name {
             cfg = cfg.domain_name(n.clone());
         }

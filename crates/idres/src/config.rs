@@ -22,6 +22,8 @@ pub struct Config {
     pub handle: HandleConfig,
     /// The DNS face: OID resolution (X.672 ORS) over UDP, TCP and QUIC.
     pub dns: idres_dns::DnsConfig,
+    /// The gRPC face for secondary nodes, mirrors and operators.
+    pub grpc: idres_grpc::node::GrpcConfig,
 }
 
 /// The node's identity and role.
@@ -36,6 +38,10 @@ pub struct NodeConfig {
     /// Handles of services that are this node (HS_SERV values naming them
     /// are not referrals).
     pub service_handles: Vec<String>,
+    /// The node's role: `top` (default), `secondary` or `mirror`.
+    pub role: String,
+    /// gRPC URL of the upstream node (secondary and mirror roles).
+    pub upstream: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +50,8 @@ impl Default for NodeConfig {
             description: "idres top-level node".into(),
             advertise: None,
             service_handles: Vec::new(),
+            role: "top".into(),
+            upstream: None,
         }
     }
 }

@@ -33,6 +33,13 @@ enum Command {
     Export(records::ExportArgs),
     /// Resolve a handle over the Handle protocol and print it as JSON.
     Resolve(ResolveArgs),
+    /// Development certificates for the gRPC face (a CA, servers, nodes,
+    /// operators).
+    #[command(subcommand)]
+    Cert(idres_grpc::cli::CertCommand),
+    /// Operator calls to a node's gRPC face: file, approve, reject,
+    /// suspend, reinstate, revoke, allocate, nodes, audit, prefixes.
+    Admin(idres_grpc::cli::AdminArgs),
     /// Generate load and measure.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -109,6 +116,18 @@ fn main() -> ExitCode {
         Command::Import(a) => records::import(a).map(|()| ExitCode::SUCCESS),
         Command::Export(a) => records::export(a).map(|()| ExitCode::SUCCESS),
         Command::Resolve(a) => resolve(a),
+        Command::Cert(c) => idres_grpc::cli::cert(c)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        Command::Admin(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(idres_grpc::cli::admin(a))
+                    .map_err(anyhow::Error::from)
+            })
+            .map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
     };
     match result {

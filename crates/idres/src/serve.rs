@@ -47,6 +47,18 @@ pub struct ServeArgs {
     /// the `[dns]` section).
     #[arg(long)]
     pub doq_listen: Option<SocketAddr>,
+    /// The node's role: top, secondary or mirror.
+    #[arg(long, value_parser = ["top", "secondary", "mirror"])]
+    pub role: Option<String>,
+    /// gRPC URL of the upstream node (secondary and mirror roles).
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Address of the gRPC listener (mutual TLS; see the `[grpc]` section).
+    #[arg(long)]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Serve gRPC without TLS, for development: loopback addresses only.
+    #[arg(long)]
+    pub grpc_dev_plaintext: bool,
 }
 
 impl ServeArgs {
@@ -70,6 +82,18 @@ impl ServeArgs {
         }
         if let Some(a) = self.doq_listen {
             c.dns.doq_listen = Some(a);
+        }
+        if let Some(r) = &self.role {
+            c.node.role = r.clone();
+        }
+        if let Some(u) = &self.upstream {
+            c.node.upstream = Some(u.clone());
+        }
+        if let Some(a) = self.grpc_listen {
+            c.grpc.listen = Some(a);
+        }
+        if self.grpc_dev_plaintext {
+            c.grpc.dev_plaintext = true;
         }
         Ok(c)
     }
@@ -167,6 +191,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let role = idres_grpc::Role::parse(&config.node.role).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown role {:?}: use top, secondary or mirror",
+            config.node.role
+        )
+    })?;
+    let grpc = if config.grpc.listen.is_some() || role != idres_grpc::Role::Top {
+        let face = idres_grpc::node::start(
+            &config.grpc,
+            role,
+            config.node.upstream.as_deref(),
+            Arc::clone(&dyn_store),
+            stop_rx.clone(),
+        )
+        .await?;
+        if let Some(a) = face.addr {
+            announce("grpc", a);
+        }
+        Some(face)
+    } else {
+        None
+    };
     tracing::info!(
         handles = store.handle_count(),
         last_seq = store.last_seq(),
@@ -188,6 +234,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(2), dns.shutdown()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp).await;
+    if let Some(grpc) = grpc {
+        let _ = tokio::time::timeout(Duration::from_secs(2), grpc.join()).await;
+    }
     store.close().context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,273 @@
+//! Wiring of the gRPC face into a running node: the `[grpc]` section of
+//! the configuration, the listener, and the background tasks of the
+//! secondary and mirror roles.
+//!
+//! - `top`: serves the API; keeps filings and the prefix table.
+//! - `secondary`: serves the API for its own clients, follows the
+//!   upstream's prefix table (`0.NA`) and its own prefixes, and escrows the
+//!   changes of its own prefixes upstream.
+//! - `mirror`: follows everything upstream; refuses writes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use idres_store::Store;
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::core::{Core, Role};
+use crate::pb::{self, node_service_client::NodeServiceClient};
+use crate::replica::{self, FollowOptions, FollowStatus, Upstream};
+use crate::server::{self, Security};
+use crate::tls::{ClientTlsPem, ServerTls, ServerTlsPem};
+
+/// The `[grpc]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Address of the gRPC listener; the face is off when unset.
+    pub listen: Option<SocketAddr>,
+    /// This node's server certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA whose client certificates identify nodes.
+    pub client_ca: Option<PathBuf>,
+    /// CA whose `operator:` certificates identify operators (the client CA
+    /// when unset).
+    pub operator_ca: Option<PathBuf>,
+    /// Serve without TLS: development only, refused off loopback.
+    pub dev_plaintext: bool,
+    /// CA of the upstream's server certificate (secondary and mirror).
+    pub upstream_ca: Option<PathBuf>,
+    /// This node's client certificate for the upstream.
+    pub upstream_cert: Option<PathBuf>,
+    /// Its key.
+    pub upstream_key: Option<PathBuf>,
+    /// Name to check in the upstream's certificate (the URL's host when
+    /// unset).
+    pub upstream_server_name: Option<String>,
+    /// Development: caller name for a plaintext upstream.
+    pub upstream_dev_peer: Option<String>,
+    /// Entries per sync batch asked of the upstream.
+    pub sync_batch: u32,
+}
+
+/// Why the face could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Something is missing or wrong in the configuration.
+    #[error("[grpc] configuration: {0}")]
+    Config(String),
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// Binding the listener.
+    #[error("binding gRPC {addr}: {source}")]
+    Bind {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store.
+    #[error(transparent)]
+    Service(#[from] crate::error::ServiceError),
+}
+
+/// A started gRPC face and its background tasks.
+#[derive(Debug)]
+pub struct GrpcFace {
+    /// Bound listener address, if the API is served.
+    pub addr: Option<SocketAddr>,
+    /// Follower progress (secondary and mirror).
+    pub follow_status: Option<watch::Receiver<FollowStatus>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl GrpcFace {
+    /// Waits for the tasks to end after the stop signal.
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn upstream_of(config: &GrpcConfig, url: &str) -> Result<Upstream, StartError> {
+    let tls = if url.starts_with("https://") {
+        let need = |p: &Option<PathBuf>, what: &str| {
+            p.clone().ok_or_else(|| {
+                StartError::Config(format!("{what} is required for an https upstream"))
+            })
+        };
+        let mut t = ClientTlsPem::read(
+            &need(&config.upstream_ca, "upstream_ca")?,
+            &need(&config.upstream_cert, "upstream_cert")?,
+            &need(&config.upstream_key, "upstream_key")?,
+        )?;
+        t.server_name = config.upstream_server_name.clone();
+        Some(t)
+    } else if url.starts_with("http://") {
+        None
+    } else {
+        return Err(StartError::Config(format!(
+            "upstream {url:?} must start with https:// (or http:// for a development upstream)"
+        )));
+    };
+    Ok(Upstream {
+        url: url.to_owned(),
+        tls,
+        dev_peer: config.upstream_dev_peer.clone(),
+    })
+}
+
+/// Starts the face: binds and serves the API if `listen` is set, and runs
+/// the role's background tasks, until `stop` turns true.
+pub async fn start(
+    config: &GrpcConfig,
+    role: Role,
+    upstream: Option<&str>,
+    store: Arc<dyn Store>,
+    stop: watch::Receiver<bool>,
+) -> Result<GrpcFace, StartError> {
+    let core = Core::new(Arc::clone(&store), role)?;
+    let mut tasks = Vec::new();
+    let mut addr = None;
+    if let Some(listen) = config.listen {
+        let security = if config.dev_plaintext {
+            if !listen.ip().is_loopback() {
+                return Err(StartError::Config(format!(
+                    "dev_plaintext is allowed only on a loopback address, not {listen}"
+                )));
+            }
+            Security::DevelopmentPlaintext
+        } else {
+            let need = |p: &Option<PathBuf>, what: &str| {
+                p.clone().ok_or_else(|| {
+                    StartError::Config(format!(
+                        "{what} is required (mutual TLS); dev_plaintext serves without TLS on loopback only"
+                    ))
+                })
+            };
+            let pem = ServerTlsPem::read(
+                &need(&config.cert, "cert")?,
+                &need(&config.key, "key")?,
+                &need(&config.client_ca, "client_ca")?,
+                config.operator_ca.as_deref(),
+            )?;
+            Security::MutualTls(ServerTls::new(&pem)?)
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        addr = Some(listener.local_addr().map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?);
+        let mut s = stop.clone();
+        let core = Arc::clone(&core);
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = s.wait_for(|v| *v).await;
+            };
+            if let Err(e) = server::serve(core, listener, security, shutdown).await {
+                tracing::error!(error = %e, "gRPC server stopped");
+            }
+        }));
+    }
+    let mut follow_status = None;
+    match (role, upstream) {
+        (Role::Top, _) => {}
+        (_, None) => {
+            return Err(StartError::Config(format!(
+                "the {} role needs --upstream",
+                role.as_str()
+            )))
+        }
+        (_, Some(url)) => {
+            let up = upstream_of(config, url)?;
+            let (tx, rx) = watch::channel(FollowStatus::default());
+            follow_status = Some(rx);
+            let batch = if config.sync_batch == 0 {
+                4096
+            } else {
+                config.sync_batch
+            };
+            let store2 = Arc::clone(&store);
+            let stop2 = stop.clone();
+            let up2 = up.clone();
+            tasks.push(tokio::spawn(async move {
+                let prefixes = if role == Role::Secondary {
+                    match own_prefixes(&up2, stop2.clone()).await {
+                        Some(mut p) => {
+                            p.insert(0, idres_model::PREFIX_RECORD_PREFIX.to_owned());
+                            p
+                        }
+                        None => return,
+                    }
+                } else {
+                    Vec::new()
+                };
+                let options = FollowOptions {
+                    prefixes,
+                    batch_size: batch,
+                    stop_when_caught_up: false,
+                };
+                if let Err(e) = replica::follow(store2, up2, options, stop2, Some(tx)).await {
+                    tracing::error!(error = %e, "follower stopped");
+                }
+            }));
+            if role == Role::Secondary {
+                let stop3 = stop.clone();
+                tasks.push(tokio::spawn(crate::escrow::run(store, up, stop3)));
+            }
+        }
+    }
+    Ok(GrpcFace {
+        addr,
+        follow_status,
+        tasks,
+    })
+}
+
+/// The prefixes the upstream allocated to this node, retried until known
+/// or stopped.
+async fn own_prefixes(up: &Upstream, mut stop: watch::Receiver<bool>) -> Option<Vec<String>> {
+    let mut wait = std::time::Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let ch = up.channel().await.map_err(|e| e.to_string())?;
+            let mut c = NodeServiceClient::new(ch);
+            c.list_prefixes(up.request(pb::ListPrefixesRequest::default()))
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .prefixes
+                        .into_iter()
+                        .map(|a| a.prefix)
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|s| s.message().to_owned())
+        };
+        match attempt.await {
+            Ok(mut p) => {
+                p.sort();
+                return Some(p);
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %up.url, error = %e, "asking the upstream for this node's prefixes")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return None,
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(10));
+    }
+}
