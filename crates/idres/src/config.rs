@@ -22,6 +22,8 @@ pub struct Config {
     pub handle: HandleConfig,
     /// The DNS face: OID resolution (X.672 ORS) over UDP, TCP and QUIC.
     pub dns: idres_dns::DnsConfig,
+    /// The HTTP face: JSON API, reverse lookup, web resolver.
+    pub http: crate::http::HttpConfig,
     /// The gRPC face for secondary nodes, mirrors and operators.
     pub grpc: idres_grpc::node::GrpcConfig,
 }
@@ -120,6 +122,9 @@ mod tests {
             .to_string();
         assert!(err.contains("lisen"), "{err}");
         assert!(toml::from_str::<Config>("[hadle]\n").is_err());
+        assert!(
+            toml::from_str::<Config>("[http]\nlisten = \"127.0.0.1:8000\"\ntls = 1\n").is_err()
+        );
     }
 
     #[test]
@@ -127,5 +132,11 @@ mod tests {
         let c: Config = toml::from_str("[store]\ndata_dir = \"/var/lib/idres\"\n").unwrap();
         assert_eq!(c.store.data_dir, PathBuf::from("/var/lib/idres"));
         assert_eq!(c.handle.listen.port(), 2641);
+        assert!(c.http.listen.is_none(), "no HTTP face unless configured");
+        let c: Config = toml::from_str(
+            "[http]\nlisten = \"127.0.0.1:8000\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.map(|a| a.port()), Some(8000));
     }
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod config;
+mod http;
 mod records;
 mod serve;
 
@@ -40,6 +41,9 @@ enum Command {
     /// Operator calls to a node's gRPC face: file, approve, reject,
     /// suspend, reinstate, revoke, allocate, nodes, audit, prefixes.
     Admin(idres_grpc::cli::AdminArgs),
+    /// Make an identity the first administrator of a prefix (on a stopped
+    /// node): prefix record, administrators' group, hashed secret key.
+    InitPrefix(http::InitPrefixArgs),
     /// Generate load and measure.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
             })
             .map(|()| ExitCode::SUCCESS),
+        Command::InitPrefix(a) => http::init_prefix(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// the `[dns]` section).
     #[arg(long)]
     pub doq_listen: Option<SocketAddr>,
+    /// Address of the HTTP listener: JSON API, reverse lookup, web
+    /// resolver (TLS and client CA in the `[http]` section).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
     /// The node's role: top, secondary or mirror.
     #[arg(long, value_parser = ["top", "secondary", "mirror"])]
     pub role: Option<String>,
@@ -82,6 +86,9 @@ impl ServeArgs {
         }
         if let Some(a) = self.doq_listen {
             c.dns.doq_listen = Some(a);
+        }
+        if let Some(a) = self.http_listen {
+            c.http.listen = Some(a);
         }
         if let Some(r) = &self.role {
             c.node.role = r.clone();
@@ -213,6 +220,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let http = match config.http.listen {
+        Some(listen) => Some(
+            crate::http::start(&config.http, listen, Arc::clone(&handler), stop_rx.clone())
+                .await?,
+        ),
+        None => None,
+    };
     tracing::info!(
         handles = store.handle_count(),
         last_seq = store.last_seq(),
@@ -230,6 +244,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         std::process::exit(1);
     });
     udp.shutdown();
+    if let Some(http) = http {
+        let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    }
     if let Some(dns) = dns {
         let _ = tokio::time::timeout(Duration::from_secs(2), dns.shutdown()).await;
     }

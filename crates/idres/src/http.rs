@@ -1,0 +1,168 @@
+//! Wiring of the HTTP face (`[http]`, `--http-listen`) and `idres
+//! init-prefix`, which creates the first administrator of a prefix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use idres_http::auth::Identity;
+use idres_http::{App, HttpOptions, TlsFiles};
+use idres_model::Prefix;
+use idres_service::Handler;
+use idres_store::Store;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The `[http]` section: the JSON API, reverse lookup, web resolver and
+/// native Handle messages, on one listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the listener; without it the node has no HTTP face.
+    pub listen: Option<SocketAddr>,
+    /// Certificate chain (PEM) for HTTPS, together with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for HTTPS.
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): a client certificate they sign authenticates
+    /// as the `index:handle` in its CN or UID. Needs TLS.
+    pub client_ca: Option<PathBuf>,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// PBKDF2 iterations for secret keys written through the API.
+    pub secret_iterations: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let o = HttpOptions::default();
+        Self {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            max_connections: o.max_connections,
+            max_body_bytes: o.max_body_bytes,
+            secret_iterations: o.secret_iterations,
+        }
+    }
+}
+
+impl HttpConfig {
+    fn tls(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.client_ca.clone(),
+            })),
+            (None, None) if self.client_ca.is_some() => {
+                bail!("[http] client_ca needs TLS: set tls_cert and tls_key too")
+            }
+            (None, None) => Ok(None),
+            _ => bail!("[http] tls_cert and tls_key go together"),
+        }
+    }
+}
+
+/// Binds the HTTP face, prints `listening http ADDR` (or `https`), and
+/// serves until `stop` turns true.
+pub async fn start(
+    config: &HttpConfig,
+    listen: SocketAddr,
+    handler: Arc<Handler>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let tls = match config.tls()? {
+        Some(files) => Some(
+            idres_http::tls::server_config(&files).context("setting up TLS for the HTTP face")?,
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding HTTP {listen}"))?;
+    let addr = listener.local_addr()?;
+    let options = HttpOptions {
+        max_connections: config.max_connections,
+        max_body_bytes: config.max_body_bytes,
+        secret_iterations: config.secret_iterations,
+        ..HttpOptions::default()
+    };
+    let face = if tls.is_some() { "https" } else { "http" };
+    let app = App::new(handler, options);
+    let task = tokio::spawn(idres_http::serve(listener, app, tls, stop));
+    crate::serve::announce(face, addr);
+    Ok(task)
+}
+
+/// Options of `idres init-prefix`.
+#[derive(Debug, clap::Args)]
+pub struct InitPrefixArgs {
+    /// Directory of the database (of a stopped node: a running one holds
+    /// the store's lock).
+    #[arg(long, default_value = "idres-data")]
+    pub data_dir: PathBuf,
+    /// The prefix, such as 88.118.8.
+    #[arg(long)]
+    pub prefix: String,
+    /// The administrator identity, index:handle, such as
+    /// 300:88.118.8/ADMIN.
+    #[arg(long)]
+    pub admin: String,
+    /// File holding the administrator's secret key (one trailing newline
+    /// is ignored). The key is stored only as a salted hash.
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    /// PBKDF2 iterations of the stored hash.
+    #[arg(long, default_value_t = idres_http::secret::DEFAULT_ITERATIONS)]
+    pub iterations: u32,
+}
+
+/// `idres init-prefix`: makes an identity the administrator of a prefix,
+/// creating the prefix record and the identity's key.
+pub fn init_prefix(args: &InitPrefixArgs) -> anyhow::Result<()> {
+    let prefix = Prefix::parse(&args.prefix).map_err(|e| anyhow::anyhow!("--prefix: {e}"))?;
+    let admin = Identity::parse(&args.admin).map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
+    let mut secret = std::fs::read(&args.secret_file)
+        .with_context(|| format!("reading {}", args.secret_file.display()))?;
+    if secret.last() == Some(&b'\n') {
+        secret.pop();
+        if secret.last() == Some(&b'\r') {
+            secret.pop();
+        }
+    }
+    let config = crate::config::Config {
+        store: crate::config::StoreConfig {
+            data_dir: args.data_dir.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let store = crate::serve::open_store(&config).context(
+        "is a node running on this data directory? Stop it first, or add administrators \
+         through its HTTP API",
+    )?;
+    let request = idres_http::bootstrap::init_prefix(
+        store.as_ref(),
+        &prefix,
+        &admin,
+        &secret,
+        args.iterations,
+        idres_service::unix_now(),
+    )?;
+    match store.write(request).context("writing the prefix record")? {
+        Ok(_) => {}
+        Err(e) => bail!("refused: {e}"),
+    }
+    store.close().context("flushing the store")?;
+    println!(
+        "{admin} administers prefix {prefix}: HS_ADMIN 100 of {} names its group at index 200",
+        prefix.record_handle()
+    );
+    Ok(())
+}
