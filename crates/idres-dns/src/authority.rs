@@ -33,6 +33,7 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use idres_model::{oid, Handle, Oid, Prefix};
 use idres_store::{RecordBytes, Store};
 
+use crate::cache::RecordCache;
 use crate::config::{ConfigError, DnsConfig};
 use crate::response::{rcode, EdnsRequest, Response, Section};
 use crate::views::{self, View};
@@ -77,6 +78,7 @@ struct Timers {
 #[derive(Debug)]
 pub struct Authority {
     store: Arc<dyn Store>,
+    cache: RecordCache,
     /// The zone's labels, lower case, leaf first.
     zone_labels: Vec<Vec<u8>>,
     nameservers: Vec<HostName>,
@@ -153,6 +155,7 @@ impl Authority {
             None => host("hostmaster", &format!("hostmaster.{zone_dotted}."))?,
         };
         Ok(Self {
+            cache: RecordCache::new(store.as_ref(), config.cache_records),
             store,
             zone_labels,
             nameservers,
@@ -336,7 +339,7 @@ impl Authority {
         key.push_str(oid::OID_PREFIX);
         key.push('/');
         key.push_str(oid.as_str());
-        let rec = match self.store.get(&key) {
+        let rec = match self.cache.get(self.store.as_ref(), &key) {
             Ok(Some(rec)) => rec,
             Ok(None) => return self.missing(&key),
             Err(e) => {

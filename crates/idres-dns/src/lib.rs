@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod cache;
 pub mod config;
 pub mod doq;
 pub mod response;

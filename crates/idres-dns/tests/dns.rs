@@ -667,3 +667,67 @@ async fn records_written_while_serving_are_answered() {
     assert!(serial(&m.answers()[0]) > serial(&before));
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_records_follow_changes() {
+    let node = node().await;
+    let name = "1.3001.156.2.1.oid-res.org.";
+    let ask = |id| udp_exchange(node.udp(), &query(id, name, RecordType::NAPTR, None));
+    // Twice, so that the second answer comes from the cache.
+    for id in 1..=2 {
+        assert_eq!(naptr_regexps(&ask(id)), ["!^.*$!https://example.cn/p!"]);
+    }
+    put(
+        node.store.as_ref(),
+        oid("1.2.156.3001.1"),
+        vec![url(1, "https://example.cn/v2")],
+    );
+    assert_eq!(naptr_regexps(&ask(3)), ["!^.*$!https://example.cn/v2!"]);
+    node.store
+        .write(WriteRequest::one(Mutation::Delete {
+            handle: oid("1.2.156.3001.1"),
+        }))
+        .unwrap()
+        .unwrap();
+    assert_eq!(ask(4).response_code(), ResponseCode::NXDomain);
+    node.stop().await;
+}
+
+#[test]
+fn the_cache_survives_long_gaps_in_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    fill(store.as_ref());
+    let cache = idres_dns::cache::RecordCache::new(store.as_ref(), 10);
+    let key = "OID/1.2.156.3001.1";
+    let first = cache.get(store.as_ref(), key).unwrap().unwrap();
+    assert_eq!(cache.len(), 1);
+    assert_eq!(first.values().unwrap()[0].data, "https://example.cn/p");
+    // More changes than one catch-up reads, the record among them.
+    let mut batch = WriteRequest::default();
+    for i in 0..4200 {
+        batch.mutations.push(Mutation::Put {
+            handle: oid(&format!("1.2.156.4000.{i}")),
+            values: vec![url(1, "https://bulk.example/")],
+        });
+    }
+    batch.mutations.push(Mutation::Put {
+        handle: oid("1.2.156.3001.1"),
+        values: vec![url(1, "https://example.cn/later")],
+    });
+    store.write(batch).unwrap().unwrap();
+    let now = cache.get(store.as_ref(), key).unwrap().unwrap();
+    assert_eq!(now.values().unwrap()[0].data, "https://example.cn/later");
+    // A full cache starts again rather than growing.
+    for i in 0..25 {
+        cache
+            .get(store.as_ref(), &format!("OID/1.2.156.4000.{i}"))
+            .unwrap()
+            .unwrap();
+    }
+    assert!(cache.len() <= 10);
+    // Misses are not cached.
+    let before = cache.len();
+    assert!(cache.get(store.as_ref(), "OID/9.9").unwrap().is_none());
+    assert_eq!(cache.len(), before);
+}
