@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cache;
 mod index;
 mod keys;
 pub mod record;

@@ -21,6 +21,7 @@ pub struct RecordBytes(Inner);
 enum Inner {
     Sled(sled::IVec),
     Owned(Bytes),
+    Cached(crate::cache::Entry),
 }
 
 impl std::fmt::Debug for RecordBytes {
@@ -32,6 +33,10 @@ impl std::fmt::Debug for RecordBytes {
 impl RecordBytes {
     pub(crate) fn from_ivec(v: sled::IVec) -> Self {
         Self(Inner::Sled(v))
+    }
+
+    pub(crate) fn from_cache(e: crate::cache::Entry) -> Self {
+        Self(Inner::Cached(e))
     }
 
     /// Wraps bytes in the stored form (flags byte, then values).
@@ -53,6 +58,7 @@ impl RecordBytes {
         match &self.0 {
             Inner::Sled(v) => v,
             Inner::Owned(b) => b,
+            Inner::Cached(e) => e.record(),
         }
     }
 

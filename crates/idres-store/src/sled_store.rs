@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use idres_model::{types, validate_values, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
 
 use crate::record::RecordBytes;
+use crate::cache::{Lookup, ReadCache};
 use crate::{index, keys};
 use crate::{
     Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, Store, StoreError,
@@ -26,16 +27,19 @@ pub struct SledConfig {
     pub cache_bytes: u64,
     /// Most mutations committed together in one group.
     pub max_group_mutations: usize,
+    /// Bytes of the in-memory record cache (0 = none).
+    pub read_cache_bytes: usize,
 }
 
 impl SledConfig {
-    /// Defaults for a store in `path`: a 64 MiB cache and groups of up to
-    /// 20,000 mutations.
+    /// Defaults for a store in `path`: a 64 MiB page cache, a 256 MiB
+    /// record cache, and groups of up to 20,000 mutations.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
             cache_bytes: 64 << 20,
             max_group_mutations: 20_000,
+            read_cache_bytes: 256 << 20,
         }
     }
 }
@@ -48,6 +52,8 @@ struct Shared {
     last_seq: AtomicU64,
     handle_count: AtomicUsize,
     prefixes: RwLock<Arc<PrefixMap>>,
+    cache: ReadCache,
+    closing: AtomicBool,
 }
 
 struct Job {
@@ -138,7 +144,16 @@ impl SledStore {
             last_seq: AtomicU64::new(last_seq),
             handle_count: AtomicUsize::new(handle_count),
             prefixes: RwLock::new(Arc::new(prefixes)),
+            cache: ReadCache::new(config.read_cache_bytes),
+            closing: AtomicBool::new(false),
         });
+        if config.read_cache_bytes > 0 {
+            let fill_shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("idres-cache-fill".into())
+                .spawn(move || fill_cache(&fill_shared))
+                .map_err(|e| StoreError::Io(e.to_string()))?;
+        }
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
         let max = config.max_group_mutations.max(1);
@@ -156,6 +171,7 @@ impl SledStore {
     /// Stops the writer after it has committed every request already
     /// submitted, and flushes. Later writes fail with [`StoreError::Closed`].
     pub fn close(&self) -> Result<(), StoreError> {
+        self.shared.closing.store(true, Ordering::Release);
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
         }
@@ -164,6 +180,12 @@ impl SledStore {
             let _ = h.join();
         }
         self.shared.db.flush().map_err(io).map(drop)
+    }
+
+    /// Whether every record is in the read cache, so that a miss there
+    /// is an answer.
+    pub fn cache_complete(&self) -> bool {
+        self.shared.cache.is_complete()
     }
 
     /// Bytes the database takes on disk.
@@ -178,6 +200,35 @@ impl Drop for SledStore {
             tracing::error!(error = %e, "closing the store failed");
         }
     }
+}
+
+/// Copies every record into the read cache, oldest key first, stopping
+/// early if the store closes or the cache is full.
+fn fill_cache(shared: &Shared) {
+    let started = std::time::Instant::now();
+    let mut n = 0usize;
+    for item in shared.db.scan_prefix([keys::HANDLE]) {
+        if shared.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok((k, v)) = item else {
+            tracing::warn!("read cache fill stopped by a read error");
+            return;
+        };
+        let Ok(key) = std::str::from_utf8(&k[1..]) else {
+            continue;
+        };
+        shared.cache.fill(key, Some(&v));
+        n += 1;
+    }
+    shared.cache.fill_finished();
+    tracing::info!(
+        records = n,
+        complete = shared.cache.is_complete(),
+        bytes = shared.cache.bytes(),
+        ms = started.elapsed().as_millis() as u64,
+        "read cache filled"
+    );
 }
 
 fn prefix_home_from(key: &str, rec: &RecordBytes) -> Result<Option<PrefixHome>, StoreError> {
@@ -573,6 +624,9 @@ fn commit_group(
             .batch
             .insert(keys::META_HANDLE_COUNT, &count.to_be_bytes());
         shared.db.apply_batch(group.batch).map_err(io)?;
+        for (key, bytes) in &group.overlay {
+            shared.cache.set(key, bytes.as_deref());
+        }
         shared.db.flush().map_err(io)?;
         shared.last_seq.store(last, Ordering::Release);
         shared.handle_count.store(count as usize, Ordering::Release);
@@ -621,18 +675,20 @@ fn update_prefixes(
 
 impl Store for SledStore {
     fn get(&self, key: &str) -> Result<Option<RecordBytes>, StoreError> {
+        match self.shared.cache.get(key) {
+            Lookup::Hit(e) => return Ok(Some(RecordBytes::from_cache(e))),
+            Lookup::Absent => return Ok(None),
+            Lookup::Miss => {}
+        }
         let mut k = [0u8; 1 + idres_model::MAX_HANDLE_LEN];
         let Some(slot) = k.get_mut(1..1 + key.len()) else {
             return Ok(None);
         };
         slot.copy_from_slice(key.as_bytes());
         k[0] = keys::HANDLE;
-        Ok(self
-            .shared
-            .db
-            .get(&k[..1 + key.len()])
-            .map_err(io)?
-            .map(RecordBytes::from_ivec))
+        let found = self.shared.db.get(&k[..1 + key.len()]).map_err(io)?;
+        self.shared.cache.fill(key, found.as_deref());
+        Ok(found.map(RecordBytes::from_ivec))
     }
 
     fn submit(&self, request: WriteRequest, done: WriteCallback) {

@@ -135,7 +135,9 @@ pub fn run(args: &BenchResolveArgs) -> anyhow::Result<()> {
             r.parse::<f64>()
                 .ok()
                 .filter(|r| *r > 0.0)
-                .with_context(|| format!("--rate must be \"max\" or a positive number, not {r:?}"))?,
+                .with_context(|| {
+                    format!("--rate must be \"max\" or a positive number, not {r:?}")
+                })?,
         ),
     };
     let threads = args.threads.max(1);
@@ -149,7 +151,15 @@ pub fn run(args: &BenchResolveArgs) -> anyhow::Result<()> {
         let window = args.window.max(1);
         let per_thread_rate = rate.map(|r| r / threads as f64);
         joins.push(std::thread::spawn(move || {
-            client(t, server, &requests, duration, timeout, window, per_thread_rate)
+            client(
+                t,
+                server,
+                &requests,
+                duration,
+                timeout,
+                window,
+                per_thread_rate,
+            )
         }));
     }
     let mut total = ThreadResult {
@@ -225,7 +235,11 @@ fn client(
     window: usize,
     rate: Option<f64>,
 ) -> anyhow::Result<ThreadResult> {
-    let bind = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let socket = UdpSocket::bind(bind)?;
     socket.connect(server)?;
     let mut r = ThreadResult {
@@ -287,7 +301,7 @@ fn client(
         bail!("too many requests in flight for one thread; use more threads");
     }
     let mut last_sweep = start;
-    let mut current_wait = Duration::ZERO;
+    let mut current_wait = Duration::MAX;
     loop {
         let now = Instant::now();
         let sending = now < end;

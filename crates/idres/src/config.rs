@@ -64,15 +64,19 @@ impl Default for NodeConfig {
 pub struct StoreConfig {
     /// Directory of the database.
     pub data_dir: PathBuf,
-    /// MiB of page cache.
+    /// MiB of sled's page cache.
     pub cache_mb: u64,
+    /// MiB of the in-memory record cache that serves resolutions (0 =
+    /// none). When every record fits, lookups never touch the disk.
+    pub read_cache_mb: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("idres-data"),
-            cache_mb: 64,
+            cache_mb: 16,
+            read_cache_mb: 256,
         }
     }
 }

@@ -143,7 +143,7 @@ pub fn init_prefix(args: &InitPrefixArgs) -> anyhow::Result<()> {
         },
         ..Default::default()
     };
-    let store = crate::serve::open_store(&config).context(
+    let store = crate::serve::open_store(&config, false).context(
         "is a node running on this data directory? Stop it first, or add administrators \
          through its HTTP API",
     )?;

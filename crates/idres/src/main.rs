@@ -16,6 +16,11 @@ use clap::{Parser, Subcommand};
 use idres_model::json;
 use idres_wire::{Reply, ResponseCode};
 
+// A resolver holds millions of small cached records and frees many small
+// buffers per second; mimalloc keeps that compact and returns freed memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A top-level node of the industrial internet identifier resolution system.
 #[derive(Debug, Parser)]
 #[command(name = "idres", version, about)]

@@ -137,7 +137,10 @@ fn check_file(path: &Path, now: u32) -> anyhow::Result<usize> {
         if more > 0 {
             msg.push_str(&format!("\n… and {more} more bad lines"));
         }
-        bail!("{bad_count} bad line(s) in {}; nothing was imported:\n{msg}", path.display());
+        bail!(
+            "{bad_count} bad line(s) in {}; nothing was imported:\n{msg}",
+            path.display()
+        );
     }
     Ok(records)
 }
@@ -150,9 +153,10 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
     let mut config = Config::default();
     config.store.data_dir = args.data_dir.clone();
     config.store.cache_mb = args.cache_mb;
-    let store = open_store(&config)?;
+    let store = open_store(&config, false)?;
 
-    let file = File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+    let file =
+        File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let pb = progress(size, "importing");
     let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -228,7 +232,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     if !config.store.data_dir.exists() {
         bail!("no store at {}", config.store.data_dir.display());
     }
-    let store = open_store(&config)?;
+    let store = open_store(&config, false)?;
     let out: Box<dyn Write> = match &args.file {
         Some(p) => Box::new(File::create(p).with_context(|| format!("creating {}", p.display()))?),
         None => Box::new(std::io::stdout().lock()),
@@ -236,8 +240,10 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let mut out = BufWriter::with_capacity(1 << 20, out);
     let pb = ProgressBar::new(store.handle_count() as u64);
     pb.set_style(
-        ProgressStyle::with_template("exporting [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "exporting [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut after: Option<String> = None;
     let mut count = 0u64;

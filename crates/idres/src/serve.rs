@@ -106,10 +106,16 @@ impl ServeArgs {
     }
 }
 
-/// Opens the store of a configuration.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<SledStore>> {
+/// Opens the store of a configuration; `serving` keeps an in-memory copy
+/// of the records for resolution, which batch commands do without.
+pub fn open_store(config: &Config, serving: bool) -> anyhow::Result<Arc<SledStore>> {
     let mut sc = SledConfig::new(&config.store.data_dir);
     sc.cache_bytes = config.store.cache_mb << 20;
+    sc.read_cache_bytes = if serving {
+        usize::try_from(config.store.read_cache_mb << 20).unwrap_or(usize::MAX)
+    } else {
+        0
+    };
     let store = SledStore::open(sc)
         .with_context(|| format!("opening the store in {}", config.store.data_dir.display()))?;
     Ok(Arc::new(store))
@@ -155,7 +161,7 @@ fn bind_handle(
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
-    let store = open_store(&config)?;
+    let store = open_store(&config, true)?;
     let dyn_store: Arc<dyn Store> = store.clone();
 
     let workers = match config.handle.udp_workers {
@@ -222,8 +228,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let http = match config.http.listen {
         Some(listen) => Some(
-            crate::http::start(&config.http, listen, Arc::clone(&handler), stop_rx.clone())
-                .await?,
+            crate::http::start(&config.http, listen, Arc::clone(&handler), stop_rx.clone()).await?,
         ),
         None => None,
     };
