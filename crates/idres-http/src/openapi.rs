@@ -14,6 +14,16 @@ use serde_json::{json, Value};
 use crate::error::json_response;
 use crate::App;
 
+/// Prefixes as the description promises them: short alphanumeric
+/// segments. [`Prefix::parse`](idres_model::Prefix::parse) accepts more
+/// (any non-space character, longer parts); the narrower pattern keeps
+/// generated test data mostly valid.
+const PREFIX_PATTERN: &str = r"^[0-9A-Za-z]{1,8}(\.[0-9A-Za-z]{1,8}){0,4}$";
+/// Suffixes without a slash or control characters. The server also takes
+/// suffixes with slashes (`/api/handles/88.118.8/a/b` is the handle
+/// `88.118.8/a/b`), which a path template cannot describe.
+const SUFFIX_PATTERN: &str = r"^[^/\x00-\x1F\x7F-\x9F]{1,64}$";
+
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
@@ -127,12 +137,19 @@ fn schemas() -> Value {
     })
 }
 
-fn handle_param() -> Value {
-    json!({
-        "name": "handle", "in": "path", "required": true,
-        "description": "The handle, prefix/suffix; the slash may be written as is or as %2F.",
-        "schema": {"type": "string", "minLength": 1}
-    })
+fn handle_params() -> [Value; 2] {
+    [
+        json!({
+            "name": "prefix", "in": "path", "required": true,
+            "description": "The handle's prefix, such as 88.118.8 (not case-sensitive).",
+            "schema": {"type": "string", "pattern": PREFIX_PATTERN}
+        }),
+        json!({
+            "name": "suffix", "in": "path", "required": true,
+            "description": "The handle's suffix (case-sensitive). Suffixes containing '/' are accepted too.",
+            "schema": {"type": "string", "pattern": SUFFIX_PATTERN}
+        }),
+    ]
 }
 
 fn flag(name: &str, description: &str) -> Value {
@@ -152,7 +169,7 @@ fn handle_paths() -> Value {
             "summary": "Resolve a handle",
             "operationId": "getHandle",
             "parameters": [
-                handle_param(),
+                handle_params()[0], handle_params()[1],
                 index_param("Only the value at this index (repeatable)."),
                 {"name": "type", "in": "query", "required": false, "style": "form", "explode": true,
                  "description": "Only values of this type (repeatable); a type ending in '.' takes its sub-types.",
@@ -178,7 +195,7 @@ fn handle_paths() -> Value {
             "operationId": "putHandle",
             "security": [{"basic": []}],
             "parameters": [
-                handle_param(),
+                handle_params()[0], handle_params()[1],
                 {"name": "index", "in": "query", "required": false, "style": "form", "explode": true,
                  "description": "Add or modify only the body's values at these indexes ('various': every value in the body).",
                  "schema": {"type": "array", "items": {"oneOf": [
@@ -214,7 +231,8 @@ fn handle_paths() -> Value {
             "summary": "Delete a handle, or some of its values",
             "operationId": "deleteHandle",
             "security": [{"basic": []}],
-            "parameters": [handle_param(), index_param("Delete only the value at this index (repeatable).")],
+            "parameters": [handle_params()[0], handle_params()[1],
+                           index_param("Delete only the value at this index (repeatable).")],
             "responses": {
                 "200": {"description": "Deleted.",
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Success"}}}},
@@ -235,7 +253,8 @@ fn other_paths() -> Value {
             "operationId": "listHandles",
             "security": [{"basic": []}],
             "parameters": [
-                {"name": "prefix", "in": "query", "required": true, "schema": {"type": "string"}},
+                {"name": "prefix", "in": "query", "required": true,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": PREFIX_PATTERN}},
                 {"name": "page", "in": "query", "required": false, "description": "Page number, from 0.",
                  "schema": {"type": "integer", "minimum": 0}},
                 {"name": "pageSize", "in": "query", "required": false,
@@ -266,7 +285,9 @@ fn other_paths() -> Value {
             "description": "Every parameter not listed here is a criterion TYPE=pattern ('*' matches any run, ASCII case ignored); all must hold. Deep pages: follow X-Next-Cursor.",
             "operationId": "searchHandles",
             "parameters": [
-                {"name": "URL", "in": "query", "required": false, "schema": {"type": "string"}},
+                {"name": "URL", "in": "query", "required": true,
+                 "description": "Glob over URL values, such as *example.cn*.",
+                 "schema": {"type": "string"}},
                 {"name": "limit", "in": "query", "required": false,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
                 {"name": "page", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
@@ -276,7 +297,7 @@ fn other_paths() -> Value {
             ],
             "responses": {
                 "200": {"description": "Matching handles, or records with retrieverecords=true.",
-                        "content": {"application/json": {"schema": {"oneOf": [
+                        "content": {"application/json": {"schema": {"anyOf": [
                             {"type": "array", "items": {"type": "string"}},
                             {"type": "array", "items": {"type": "object", "required": ["handle", "values"],
                                 "properties": {"handle": {"type": "string"},
@@ -323,7 +344,7 @@ fn other_paths() -> Value {
 pub fn spec() -> Value {
     let mut paths = other_paths();
     if let Some(p) = paths.as_object_mut() {
-        p.insert("/api/handles/{handle}".into(), handle_paths());
+        p.insert("/api/handles/{prefix}/{suffix}".into(), handle_paths());
     }
     json!({
         "openapi": "3.0.3",

@@ -931,7 +931,7 @@ async fn web_page_redirect_and_negotiation() {
         .contains("<code>nothing</code>: No &#39;/&#39; between prefix and suffix (at byte 7)"));
     let (s, v) = node.get("/api/openapi.json").await;
     assert_eq!(s, StatusCode::OK);
-    assert!(v["paths"]["/api/handles/{handle}"]["put"].is_object());
+    assert!(v["paths"]["/api/handles/{prefix}/{suffix}"]["put"].is_object());
     let metrics = node
         .client
         .get(node.url("/metrics"))
