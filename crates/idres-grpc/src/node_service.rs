@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
+use crate::error::ServiceError;
 use crate::pb::{self, node_service_server::NodeService, FilingState};
 use crate::registry::Caller;
 
@@ -20,9 +21,9 @@ impl NodeServiceImpl {
         Self { core }
     }
 
-    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, ServiceError> {
         self.core.top_only()?;
-        Ok(self.core.caller(req)?)
+        self.core.caller(req)
     }
 
     async fn transition(

@@ -30,7 +30,7 @@ impl Filter {
             }
         }
         let mut prefixes: Vec<String> = kept.into_iter().map(|p| p.as_str().to_owned()).collect();
-        prefixes.sort_by(|a, b| range_start(a).cmp(&range_start(b)));
+        prefixes.sort_by_key(|p| range_start(p));
         Ok(Self { prefixes })
     }
 

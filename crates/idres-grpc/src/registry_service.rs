@@ -31,7 +31,7 @@ const MAX_OPERATION_ID: usize = 128;
 #[derive(Debug, Clone)]
 enum Scope {
     /// An active node: under its own prefixes.
-    Node(pb::Filing),
+    Node(Box<pb::Filing>),
     /// An operator: any handle but prefix records.
     Operator(String),
 }
@@ -94,7 +94,7 @@ impl RegistryServiceImpl {
         self.core.writable()?;
         match self.core.caller(req)? {
             Caller::Operator(p) => Ok(Scope::Operator(p.subject)),
-            other => Ok(Scope::Node(other.active_node()?.clone())),
+            other => Ok(Scope::Node(Box::new(other.active_node()?.clone()))),
         }
     }
 

@@ -177,7 +177,7 @@ async fn a_killed_secondary_resumes_and_matches_the_top_node() {
     );
     active_node(&mut node, &mut op, "88.118.8", sec_port).await;
     let n = 20_000;
-    let ops: Vec<pb::Operation> = (0..n).map(|i| op_(i)).collect();
+    let ops: Vec<pb::Operation> = (0..n).map(op_).collect();
     let t = Instant::now();
     let s = node
         .registry
