@@ -93,14 +93,21 @@ measure() { # measure NAME PORT PID LOAD_S
 
 echo "# $(date -Is) reps=$REPS secs=$SECS count=$COUNT qtype=$QTYPE nsd=$(nsd -v 2>&1 | head -1) idres=$("$IDRES_BIN" --version)" | tee -a "$log"
 for rep in $(seq "$REPS"); do
+  if python3 "$H/dnsq.py" 127.0.0.1 "$PORT_NSD" "$probe" TXT >/dev/null 2>&1; then
+    echo "something already answers on port $PORT_NSD" >&2; exit 1
+  fi
   info=$(RUNDIR=$BENCH_DIR/run/nsd PROBE=$probe "$H/servers/start_server.sh" nsd "$zone" "$PORT_NSD" "$NSD_WORKERS" $ORIGIN)
   pid=$(sed -nE 's/.*pid=([0-9]+).*/\1/p' <<<"$info"); load=$(sed -nE 's/.*load_s=([0-9.]+).*/\1/p' <<<"$info")
   measure nsd-w$NSD_WORKERS "$PORT_NSD" "$pid" "$load"; stop_pid "$pid"; sleep 2
 
+  if python3 "$H/dnsq.py" 127.0.0.1 "$PORT_IDRES" "$probe" TXT >/dev/null 2>&1; then
+    echo "something already answers on port $PORT_IDRES" >&2; exit 1
+  fi
   t0=$(date +%s.%N)
   "$IDRES_BIN" serve --config "$data/idres.toml" > "$results/raw/idres.$rep.log" 2>&1 & pid=$!
   python3 "$H/dnsq.py" --wait 120 127.0.0.1 "$PORT_IDRES" "$probe" TXT >/dev/null || { echo "idres did not start" >&2; stop_pid $pid; exit 1; }
   load=$(echo "$(date +%s.%N) - $t0" | bc -l | xargs printf %.2f)
+  kill -0 "$pid" 2>/dev/null || { echo "idres exited; see $results/raw/idres.$rep.log" >&2; exit 1; }
   sleep 1
   measure idres-w$IDRES_WORKERS "$PORT_IDRES" "$pid" "$load"; stop_pid "$pid"; sleep 2
 done

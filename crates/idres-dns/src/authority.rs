@@ -175,6 +175,11 @@ impl Authority {
         })
     }
 
+    /// Loads OID records into the read cache (see [`RecordCache::warm`]).
+    pub fn warm_cache(&self) -> Result<usize, idres_store::StoreError> {
+        self.cache.warm(self.store.as_ref(), "OID/")
+    }
+
     /// The store answers come from.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

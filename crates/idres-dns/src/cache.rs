@@ -118,6 +118,49 @@ impl RecordCache {
         latest
     }
 
+    /// Fills the cache with the records whose keys start with `prefix`,
+    /// in key order, until it is full. Returns how many it holds.
+    pub fn warm(&self, store: &dyn Store, prefix: &str) -> Result<usize, idres_store::StoreError> {
+        if self.capacity == 0 {
+            return Ok(0);
+        }
+        let latest = store.last_seq();
+        let seen = self.catch_up(store, latest);
+        let mut after = prefix.to_owned();
+        loop {
+            let chunk = store.scan(Some(&after), 10_000)?;
+            let done = chunk.len() < 10_000;
+            let Ok(mut inner) = self.inner.write() else {
+                break;
+            };
+            // Records read after the cache stood at `seen` are at least
+            // that new; a catch-up in between means others are serving,
+            // and their misses fill the cache from here on.
+            if inner.seq != seen {
+                break;
+            }
+            let have = inner.records.len();
+            let want = self.capacity.min(have + chunk.len());
+            inner.records.reserve(want.saturating_sub(have));
+            let mut left_prefix = false;
+            for (key, rec) in chunk {
+                if !key.starts_with(prefix) {
+                    left_prefix = true;
+                    break;
+                }
+                if inner.records.len() >= self.capacity {
+                    return Ok(inner.records.len());
+                }
+                after.clone_from(&key);
+                inner.records.insert(key.into_boxed_str(), rec);
+            }
+            if done || left_prefix {
+                break;
+            }
+        }
+        Ok(self.len())
+    }
+
     /// Number of records cached.
     pub fn len(&self) -> usize {
         self.inner.read().map_or(0, |i| i.records.len())

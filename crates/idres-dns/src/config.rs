@@ -44,6 +44,8 @@ pub struct DnsConfig {
     pub negative_ttl: u32,
     /// Most records kept in the DNS face's read cache (0 = no cache).
     pub cache_records: usize,
+    /// Load OID records into the cache at start, before answering.
+    pub warm_cache: bool,
     /// Largest UDP response we send to an EDNS client (RFC 6891 §6.2.5).
     pub max_udp_payload: u16,
     /// Most TCP connections at once.
@@ -76,6 +78,7 @@ impl Default for DnsConfig {
             soa_expire: 1_209_600,
             negative_ttl: 300,
             cache_records: 2_000_000,
+            warm_cache: true,
             max_udp_payload: 1232,
             max_tcp_connections: 1024,
             tcp_idle_secs: 10,

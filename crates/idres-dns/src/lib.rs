@@ -155,6 +155,17 @@ pub fn start(
     sockets: DnsSockets,
 ) -> Result<DnsServer, ConfigError> {
     let authority = Arc::new(Authority::new(config, store)?);
+    if config.warm_cache {
+        let started = std::time::Instant::now();
+        match authority.warm_cache() {
+            Ok(n) => tracing::info!(
+                records = n,
+                ms = started.elapsed().as_millis() as u64,
+                "DNS cache warmed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "warming the DNS cache failed"),
+        }
+    }
     let needs_runtime = sockets.tcp.is_some() || sockets.doq.is_some();
     if needs_runtime && tokio::runtime::Handle::try_current().is_err() {
         return Err(ConfigError::NoRuntime);

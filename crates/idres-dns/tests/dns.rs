@@ -731,3 +731,57 @@ fn the_cache_survives_long_gaps_in_reading() {
     assert!(cache.get(store.as_ref(), "OID/9.9").unwrap().is_none());
     assert_eq!(cache.len(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_datagrams_are_all_answered() {
+    let node = node().await;
+    let s = udp_client();
+    // Bigger than one receive batch, sent before reading any reply.
+    let n: u16 = 300;
+    for id in 0..n {
+        let name = match id % 3 {
+            0 => "1.3001.156.2.1.oid-res.org.",
+            1 => "8.3001.156.2.1.oid-res.org.",
+            _ => "example.com.",
+        };
+        s.send_to(&query(id, name, RecordType::NAPTR, None), node.udp())
+            .unwrap();
+    }
+    let mut seen = vec![false; usize::from(n)];
+    let mut buf = [0u8; 4096];
+    for _ in 0..n {
+        let (len, _) = s.recv_from(&mut buf).unwrap();
+        let m = Message::from_vec(&buf[..len]).unwrap();
+        let want = match m.id() % 3 {
+            0 => ResponseCode::NoError,
+            1 => ResponseCode::NXDomain,
+            _ => ResponseCode::Refused,
+        };
+        assert_eq!(m.response_code(), want, "{}", m.id());
+        seen[usize::from(m.id())] = true;
+    }
+    assert!(seen.iter().all(|&s| s));
+    node.stop().await;
+}
+
+#[test]
+fn warming_loads_oid_records_only_and_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    fill(store.as_ref());
+    let cache = idres_dns::cache::RecordCache::new(store.as_ref(), 100);
+    // Four OID records; the handle is not an OID.
+    assert_eq!(cache.warm(store.as_ref(), "OID/").unwrap(), 4);
+    put(
+        store.as_ref(),
+        oid("1.2.156.3001.1"),
+        vec![url(1, "https://example.cn/changed")],
+    );
+    let rec = cache
+        .get(store.as_ref(), "OID/1.2.156.3001.1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.values().unwrap()[0].data, "https://example.cn/changed");
+    let small = idres_dns::cache::RecordCache::new(store.as_ref(), 2);
+    assert_eq!(small.warm(store.as_ref(), "OID/").unwrap(), 2);
+}
