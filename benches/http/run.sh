@@ -16,6 +16,7 @@
 #      p50/p90/p99); server CPU per request for both.
 # Both load generators share the machine with the server, as in CI.
 # Env: N (200000) T (1) C (32) PORT_H (26420) PORT_W (8420) BENCH_DIR
+#      IDRES_BIN (skip the build and use this binary)
 # Results: $OUT/summary.txt, one line per face and repetition.
 set -euo pipefail
 REPS=${1:-3}
@@ -33,8 +34,12 @@ mkdir -p "$OUT" "$BENCH_DIR/data"
 HZ=$(getconf CLK_TCK)
 
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 2; }
-(cd "$root" && cargo build --release -q -p idres)
-B=$root/target/release/idres
+if [ -n "${IDRES_BIN:-}" ]; then
+  B=$IDRES_BIN
+else
+  (cd "$root" && cargo build --release -q -p idres)
+  B=$root/target/release/idres
+fi
 
 # --- data ----------------------------------------------------------------------
 REC=$BENCH_DIR/data/http-handles.$N.jsonl
