@@ -181,3 +181,97 @@ pub fn init_prefix(
         idempotency_key: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idres_model::Handle;
+    use idres_store::{SledConfig, SledStore};
+
+    fn values(store: &SledStore, key: &str) -> Vec<HandleValue> {
+        store.get(key).unwrap().unwrap().values().unwrap()
+    }
+
+    fn group(store: &SledStore) -> Vec<String> {
+        let v = values(store, "0.NA/88.118.8");
+        let g = v.iter().find(|v| v.index == GROUP_INDEX).unwrap();
+        ValueList::decode(&g.data)
+            .unwrap()
+            .0
+            .iter()
+            .map(|r| format!("{}:{}", r.index, r.handle))
+            .collect()
+    }
+
+    #[test]
+    fn runs_again_and_keeps_other_values_and_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        let prefix = Prefix::parse("88.118.8").unwrap();
+        // The prefix is already homed here with a site value.
+        let site = HandleValue::new(1, types::HS_SERV, "0.NA/88.118.8");
+        store
+            .write(WriteRequest::one(Mutation::Put {
+                handle: Handle::parse("0.NA/88.118.8").unwrap(),
+                values: vec![site.clone()],
+            }))
+            .unwrap()
+            .unwrap();
+        let first = Identity::parse("300:88.118.8/ADMIN").unwrap();
+        let second = Identity::parse("301:88.118.8/OPS").unwrap();
+        for (who, pw) in [(&first, "a"), (&second, "b"), (&first, "c")] {
+            let req = init_prefix(&store, &prefix, who, pw.as_bytes(), 1000, 9).unwrap();
+            store.write(req).unwrap().unwrap();
+        }
+        assert_eq!(group(&store), ["300:88.118.8/ADMIN", "301:88.118.8/OPS"]);
+        let record = values(&store, "0.NA/88.118.8");
+        assert!(record.contains(&site));
+        let admin = AdminRef::decode(&record.iter().find(|v| v.index == ADMIN_INDEX).unwrap().data)
+            .unwrap();
+        assert_eq!((admin.handle.as_str(), admin.index), ("0.NA/88.118.8", 200));
+        // The latest secret counts, stored hashed and not public.
+        let key = values(&store, "88.118.8/ADMIN")
+            .into_iter()
+            .find(|v| v.index == 300)
+            .unwrap();
+        assert_eq!(secret::verify(&key.data, b"c"), secret::Verdict::Match);
+        assert_eq!(secret::verify(&key.data, b"a"), secret::Verdict::Mismatch);
+        assert!(!key.permissions.public_read());
+    }
+
+    #[test]
+    fn identity_in_the_prefix_record_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        let prefix = Prefix::parse("88.118.8").unwrap();
+        let admin = Identity::parse("300:0.NA/88.118.8").unwrap();
+        let req = init_prefix(&store, &prefix, &admin, b"pw", 1000, 9).unwrap();
+        store.write(req).unwrap().unwrap();
+        let v = values(&store, "0.NA/88.118.8");
+        let mut idx: Vec<u32> = v.iter().map(|v| v.index).collect();
+        idx.sort_unstable();
+        assert_eq!(idx, [100, 200, 300]);
+        let reserved = Identity::parse("200:0.NA/88.118.8").unwrap();
+        assert!(matches!(
+            init_prefix(&store, &prefix, &reserved, b"pw", 1000, 9),
+            Err(BootstrapError::ReservedIndex(200))
+        ));
+        assert!(matches!(
+            init_prefix(&store, &prefix, &admin, b"", 1000, 9),
+            Err(BootstrapError::EmptySecret)
+        ));
+        // An index already used by another type is not overwritten.
+        let taken = Identity::parse("100:88.118.8/OTHER").unwrap();
+        store
+            .write(WriteRequest::one(Mutation::Put {
+                handle: Handle::parse("88.118.8/OTHER").unwrap(),
+                values: vec![HandleValue::new(100, "URL", "https://x")],
+            }))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            init_prefix(&store, &prefix, &taken, b"pw", 1000, 9),
+            Err(BootstrapError::IndexTaken { .. })
+        ));
+    }
+}
