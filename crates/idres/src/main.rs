@@ -58,6 +58,12 @@ enum Command {
 enum BenchCommand {
     /// Resolve handles over UDP as fast as asked and report QPS and latency.
     Resolve(bench::BenchResolveArgs),
+    /// Register identifiers over gRPC client streams; report identifiers/s.
+    GrpcRegister(idres_grpc::bench::RegisterArgs),
+    /// Unary gRPC Resolve under load; report latency percentiles.
+    GrpcResolve(idres_grpc::bench::ResolveArgs),
+    /// A fresh mirror catching up over gRPC; report changes/s.
+    GrpcMirror(idres_grpc::bench::MirrorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +116,17 @@ fn resolve(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Runs a gRPC load generator on a multi-threaded runtime.
+fn grpc_bench(
+    f: impl std::future::Future<Output = Result<(), idres_grpc::cli::CliError>>,
+) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(f)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -139,6 +156,11 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::InitPrefix(a) => http::init_prefix(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::GrpcRegister(a)) => {
+            grpc_bench(idres_grpc::bench::register(a))
+        }
+        Command::Bench(BenchCommand::GrpcResolve(a)) => grpc_bench(idres_grpc::bench::resolve(a)),
+        Command::Bench(BenchCommand::GrpcMirror(a)) => grpc_bench(idres_grpc::bench::mirror(a)),
     };
     match result {
         Ok(code) => code,
