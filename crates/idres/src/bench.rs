@@ -1,12 +1,14 @@
 //! `idres bench resolve`: a UDP load generator for the Handle protocol.
 //!
-//! Each client thread owns one connected UDP socket and a window of
-//! request slots. In `--rate max` mode it keeps its window full: every
-//! answer frees a slot that is refilled at once, and a slot whose request
-//! has waited longer than the timeout is counted lost and reused. With
-//! `--rate N` requests leave on a fixed schedule (open loop, N per second
-//! over all threads) whatever the answers do, so latency is measured as a
-//! client of a busy service sees it. Latencies go into an HDR histogram.
+//! Each client owns one connected UDP socket. In `--rate max` mode one
+//! thread keeps a window of requests in flight: every answer frees a slot
+//! that is refilled at once, and a slot whose request has waited longer
+//! than the timeout is counted lost and reused. With `--rate N` a sender
+//! thread puts requests on the wire on a fixed schedule (open loop, N per
+//! second over all clients) whatever the answers do, and a receiver thread
+//! blocked on the socket timestamps each answer as it arrives, so latency
+//! is measured as a client of a busy service sees it. Latencies go into an
+//! HDR histogram.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -150,16 +152,9 @@ pub fn run(args: &BenchResolveArgs) -> anyhow::Result<()> {
         let timeout = args.timeout;
         let window = args.window.max(1);
         let per_thread_rate = rate.map(|r| r / threads as f64);
-        joins.push(std::thread::spawn(move || {
-            client(
-                t,
-                server,
-                &requests,
-                duration,
-                timeout,
-                window,
-                per_thread_rate,
-            )
+        joins.push(std::thread::spawn(move || match per_thread_rate {
+            Some(q) => paced_client(t, server, &requests, duration, timeout, q),
+            None => client(t, server, &requests, duration, timeout, window),
         }));
     }
     let mut total = ThreadResult {
@@ -226,6 +221,125 @@ fn new_hist() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3).context("creating a histogram")
 }
 
+/// Open-loop client: a paced sender and a blocking receiver sharing the
+/// socket and a table of send times indexed by request id.
+fn paced_client(
+    thread: usize,
+    server: SocketAddr,
+    requests: &[Vec<u8>],
+    duration: Duration,
+    timeout: Duration,
+    rate: f64,
+) -> anyhow::Result<ThreadResult> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let bind = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(server)?;
+    let receiver_socket = socket.try_clone()?;
+    receiver_socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    // Enough slots that a slot comes round again only after the timeout.
+    let slots_len = ((rate * timeout.as_secs_f64() * 2.0) as usize + 1024).min(1 << 20);
+    // Each slot: send time in ns since start (0 = free) and the request id.
+    let sent_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..slots_len).map(|_| AtomicU64::new(0)).collect());
+    let ids: Arc<Vec<AtomicU64>> = Arc::new((0..slots_len).map(|_| AtomicU64::new(0)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let receiver = {
+        let sent_at = Arc::clone(&sent_at);
+        let ids = Arc::clone(&ids);
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || -> anyhow::Result<ThreadResult> {
+            let mut r = ThreadResult {
+                hist: Some(new_hist()?),
+                ..ThreadResult::default()
+            };
+            let mut buf = [0u8; 2048];
+            loop {
+                let n = match receiver_socket.recv(&mut buf) {
+                    Ok(n) => n,
+                    Err(_) if done.load(Ordering::Acquire) => break,
+                    Err(_) => continue,
+                };
+                let got = start.elapsed().as_nanos() as u64;
+                let Ok(env) = Envelope::decode(&buf[..n]) else {
+                    continue;
+                };
+                if env.sequence != 0 {
+                    continue;
+                }
+                let slot = (env.request_id as usize) % slots_len;
+                if ids[slot].load(Ordering::Acquire) != u64::from(env.request_id) {
+                    continue;
+                }
+                let t = sent_at[slot].swap(0, Ordering::AcqRel);
+                if t == 0 {
+                    continue;
+                }
+                r.answered += 1;
+                let rc = buf
+                    .get(24..28)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map_or(0, u32::from_be_bytes);
+                match ResponseCode(rc) {
+                    ResponseCode::SUCCESS => r.success += 1,
+                    ResponseCode::HANDLE_NOT_FOUND => r.not_found += 1,
+                    _ => r.other += 1,
+                }
+                if let Some(h) = r.hist.as_mut() {
+                    let _ = h.record(got.saturating_sub(t).clamp(1_000, 60_000_000_000));
+                }
+            }
+            Ok(r)
+        })
+    };
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut sent = 0u64;
+    let mut pick = (thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut msg = Vec::with_capacity(600);
+    let mut id: u32 = (thread as u32).wrapping_mul(0x0100_0000);
+    let mut next = start;
+    while next < start + duration {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        pick ^= pick << 13;
+        pick ^= pick >> 7;
+        pick ^= pick << 17;
+        let req = &requests[(pick % requests.len() as u64) as usize];
+        id = id.wrapping_add(1);
+        let slot = (id as usize) % slots_len;
+        msg.clear();
+        msg.extend_from_slice(req);
+        msg[8..12].copy_from_slice(&id.to_be_bytes());
+        ids[slot].store(u64::from(id), Ordering::Release);
+        sent_at[slot].store(
+            (start.elapsed().as_nanos() as u64).max(1),
+            Ordering::Release,
+        );
+        sent += 1;
+        if socket.send(&msg).is_err() {
+            sent_at[slot].store(0, Ordering::Release);
+        }
+        next += interval;
+    }
+    // Give the last answers the timeout to arrive.
+    std::thread::sleep(timeout);
+    done.store(true, Ordering::Release);
+    let mut r = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiver thread panicked"))??;
+    r.sent = sent;
+    r.lost = sent.saturating_sub(r.answered);
+    Ok(r)
+}
+
 fn client(
     thread: usize,
     server: SocketAddr,
@@ -233,7 +347,6 @@ fn client(
     duration: Duration,
     timeout: Duration,
     window: usize,
-    rate: Option<f64>,
 ) -> anyhow::Result<ThreadResult> {
     let bind = if server.is_ipv4() {
         "0.0.0.0:0"
@@ -246,11 +359,7 @@ fn client(
         hist: Some(new_hist()?),
         ..ThreadResult::default()
     };
-    let slots_len = match rate {
-        None => window,
-        // Enough slots for every request of the timeout window at this rate.
-        Some(q) => ((q * timeout.as_secs_f64()) as usize + 64).max(window),
-    };
+    let slots_len = window;
     let mut slots: Vec<Slot> = (0..slots_len)
         .map(|_| Slot {
             sent_at: None,
@@ -263,8 +372,6 @@ fn client(
     let mut msg = Vec::with_capacity(600);
     let start = Instant::now();
     let end = start + duration;
-    let interval = rate.map(|q| Duration::from_secs_f64(1.0 / q));
-    let mut next_send = start;
     let mut free: Vec<usize> = (0..slots_len).rev().collect();
     let mut send_one = |slot: usize,
                         slots: &mut Vec<Slot>,
@@ -301,29 +408,14 @@ fn client(
         bail!("too many requests in flight for one thread; use more threads");
     }
     let mut last_sweep = start;
-    let mut current_wait = Duration::MAX;
+    socket.set_read_timeout(Some(timeout / 4))?;
     loop {
         let now = Instant::now();
         let sending = now < end;
         // Send what is due.
         if sending {
-            match interval {
-                None => {
-                    while let Some(slot) = free.pop() {
-                        send_one(slot, &mut slots, &mut r, now)?;
-                    }
-                }
-                Some(iv) => {
-                    while next_send <= now {
-                        if let Some(slot) = free.pop() {
-                            send_one(slot, &mut slots, &mut r, now)?;
-                        } else {
-                            r.sent += 1;
-                            r.lost += 1;
-                        }
-                        next_send += iv;
-                    }
-                }
+            while let Some(slot) = free.pop() {
+                send_one(slot, &mut slots, &mut r, now)?;
             }
         } else if free.len() == slots_len || now > end + timeout {
             break;
@@ -338,17 +430,6 @@ fn client(
                     free.push(i);
                 }
             }
-        }
-        // Wait for an answer, but not past the next send or sweep.
-        let wait = match (interval, sending) {
-            (Some(_), true) => next_send.saturating_duration_since(Instant::now()),
-            _ => timeout / 4,
-        }
-        .max(Duration::from_micros(50));
-        // Setting the timeout is a system call; skip it when it barely changes.
-        if current_wait.abs_diff(wait) > Duration::from_micros(100) {
-            socket.set_read_timeout(Some(wait))?;
-            current_wait = wait;
         }
         let n = match socket.recv(&mut buf) {
             Ok(n) => n,
