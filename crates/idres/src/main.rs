@@ -86,13 +86,8 @@ struct ResolveArgs {
 
 fn resolve(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
     let types: Vec<&str> = args.types.iter().map(String::as_str).collect();
-    let reply = idres_service::client::resolve(
-        args.server,
-        &args.handle,
-        &args.indexes,
-        &types,
-        args.tcp,
-    )?;
+    let reply =
+        idres_service::client::resolve(args.server, &args.handle, &args.indexes, &types, args.tcp)?;
     let rc = reply.response_code;
     let out = match reply.reply {
         Reply::Resolution { handle, values } => serde_json::json!({
@@ -156,9 +151,7 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::InitPrefix(a) => http::init_prefix(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
-        Command::Bench(BenchCommand::GrpcRegister(a)) => {
-            grpc_bench(idres_grpc::bench::register(a))
-        }
+        Command::Bench(BenchCommand::GrpcRegister(a)) => grpc_bench(idres_grpc::bench::register(a)),
         Command::Bench(BenchCommand::GrpcResolve(a)) => grpc_bench(idres_grpc::bench::resolve(a)),
         Command::Bench(BenchCommand::GrpcMirror(a)) => grpc_bench(idres_grpc::bench::mirror(a)),
     };
