@@ -61,9 +61,10 @@ pub struct HttpOptions {
     pub max_body_bytes: usize,
     /// Most connections open at once; further clients wait to be accepted.
     pub max_connections: usize,
-    /// How long a client may take to send a request's headers, and how
-    /// long an idle keep-alive connection is kept.
+    /// How long a client may take to send a request's headers.
     pub header_timeout: Duration,
+    /// How long a connection with no request in progress is kept open.
+    pub idle_timeout: Duration,
     /// How long a TLS handshake may take.
     pub handshake_timeout: Duration,
     /// PBKDF2 iterations for secrets hashed by this node.
@@ -80,6 +81,7 @@ impl Default for HttpOptions {
             max_body_bytes: 4 << 20,
             max_connections: 4096,
             header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             secret_iterations: secret::DEFAULT_ITERATIONS,
             max_page_size: 10_000,

@@ -1,13 +1,15 @@
 //! The accept loop: plain TCP or TLS, HTTP/1.1 with keep-alive or HTTP/2,
-//! a bound on open connections, and a graceful stop.
+//! a bound on open connections, idle connections closed after
+//! [`HttpOptions::idle_timeout`], and a graceful stop.
 //!
 //! Each connection's peer address and client-certificate identity are put
 //! into every request's extensions as a [`ConnInfo`], which is how the
 //! handlers learn of a certificate the TLS layer verified.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::Router;
@@ -22,7 +24,7 @@ use tower::ServiceExt as _;
 
 use crate::auth::Identity;
 use crate::tls::identity_from_cert;
-use crate::App;
+use crate::{App, HttpOptions};
 
 /// How long open connections get to finish their requests at shutdown.
 const DRAIN: Duration = Duration::from_secs(3);
@@ -100,7 +102,7 @@ pub async fn serve(
                         tls: false,
                         client_identity: None,
                     };
-                    serve_connection(stream, info, router, conn_stop, options.header_timeout).await;
+                    serve_connection(stream, info, router, conn_stop, &options).await;
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -128,8 +130,7 @@ pub async fn serve(
                         tls: true,
                         client_identity,
                     };
-                    serve_connection(tls_stream, info, router, conn_stop, options.header_timeout)
-                        .await;
+                    serve_connection(tls_stream, info, router, conn_stop, &options).await;
                 }
             }
         });
@@ -144,25 +145,80 @@ pub async fn serve(
     tasks.abort_all();
 }
 
+/// Requests in progress on one connection, and when it last saw one
+/// start or finish.
+#[derive(Debug)]
+struct Activity {
+    inflight: AtomicUsize,
+    since: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.since.elapsed().saturating_sub(last))
+    }
+}
+
+/// Counts a request in progress until dropped (also when the client goes
+/// away mid-request and the future is dropped).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(a: &Arc<Activity>) -> Self {
+        a.inflight.fetch_add(1, Ordering::AcqRel);
+        a.touch();
+        Self(Arc::clone(a))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn serve_connection<S>(
     stream: S,
     info: ConnInfo,
     router: Router,
     mut stop: watch::Receiver<bool>,
-    header_timeout: Duration,
+    options: &HttpOptions,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
+    let activity = Arc::new(Activity {
+        inflight: AtomicUsize::new(0),
+        since: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
+    let counter = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
-        router.clone().oneshot(req)
+        let guard = InFlight::start(&counter);
+        let call = router.clone().oneshot(req);
+        async move {
+            let resp = call.await;
+            drop(guard);
+            resp
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(options.header_timeout)
         .keep_alive(true);
     builder
         .http2()
@@ -171,15 +227,27 @@ async fn serve_connection<S>(
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    // Checked a few times per idle period, so that an idle connection is
+    // closed between one and one and a quarter idle periods after its last
+    // request.
+    let tick = (options.idle_timeout / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            () = stopped(&mut stop) => break,
+            () = tokio::time::sleep(tick) => {
+                if activity.idle_for().is_some_and(|d| d >= options.idle_timeout) {
+                    tracing::debug!(%peer, "closing an idle HTTP connection");
+                    break;
+                }
             }
         }
-        () = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN, conn.as_mut()).await;
-        }
     }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(DRAIN, conn.as_mut()).await;
 }

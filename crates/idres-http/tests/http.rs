@@ -119,7 +119,12 @@ fn seed(store: &SledStore) {
     put(store, "88.118.8/NOBODY", vec![seckey(NOBODY_PW)]);
 }
 
-async fn start_with(tls: Option<Arc<rustls::ServerConfig>>, client: Client, scheme: &str) -> Node {
+async fn start_with(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    client: Client,
+    scheme: &str,
+    options: HttpOptions,
+) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(SledConfig::new(dir.path())).unwrap());
     seed(&store);
@@ -131,13 +136,7 @@ async fn start_with(tls: Option<Arc<rustls::ServerConfig>>, client: Client, sche
             service_handles: vec![],
         },
     ));
-    let app = App::new(
-        handler,
-        HttpOptions {
-            secret_iterations: 1000,
-            ..HttpOptions::default()
-        },
-    );
+    let app = App::new(handler, options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = watch::channel(false);
@@ -158,7 +157,14 @@ async fn start() -> Node {
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .unwrap();
-    start_with(None, client, "http").await
+    start_with(None, client, "http", test_options()).await
+}
+
+fn test_options() -> HttpOptions {
+    HttpOptions {
+        secret_iterations: 1000,
+        ..HttpOptions::default()
+    }
 }
 
 impl Node {
@@ -1037,7 +1043,7 @@ mod tls {
             b.build().unwrap()
         };
         let admin = client_with(Some(leaf(&client_ca, ADMIN, vec![])));
-        let node = start_with(Some(config), admin.clone(), "https").await;
+        let node = start_with(Some(config), admin.clone(), "https", test_options()).await;
         let body = record("https://tls.example/1");
         let url = node.url("/api/handles/88.118.8/TLS");
         let resp = admin.put(&url).json(&body).send().await.unwrap();
@@ -1086,4 +1092,38 @@ mod tls {
         assert_eq!(resp.status(), StatusCode::OK);
         node.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let options = HttpOptions {
+        idle_timeout: std::time::Duration::from_millis(300),
+        ..test_options()
+    };
+    let node = start_with(None, Client::new(), "http", options).await;
+    let addr = node.base.trim_start_matches("http://").to_owned();
+    // A connection that never sends anything.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A keep-alive connection that made one request, then went quiet.
+    let mut used = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    used.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = used.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    for conn in [&mut silent, &mut used] {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the server kept an idle connection open");
+    }
+    node.stop().await;
 }

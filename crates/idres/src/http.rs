@@ -35,6 +35,8 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// PBKDF2 iterations for secret keys written through the API.
     pub secret_iterations: u32,
+    /// Seconds a connection with no request in progress is kept open.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -48,6 +50,7 @@ impl Default for HttpConfig {
             max_connections: o.max_connections,
             max_body_bytes: o.max_body_bytes,
             secret_iterations: o.secret_iterations,
+            idle_timeout_secs: o.idle_timeout.as_secs(),
         }
     }
 }
@@ -91,6 +94,7 @@ pub async fn start(
         max_connections: config.max_connections,
         max_body_bytes: config.max_body_bytes,
         secret_iterations: config.secret_iterations,
+        idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs.max(1)),
         ..HttpOptions::default()
     };
     let face = if tls.is_some() { "https" } else { "http" };
