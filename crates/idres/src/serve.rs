@@ -248,16 +248,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         eprintln!("shutdown took too long; exiting");
         std::process::exit(1);
     });
-    udp.shutdown();
-    if let Some(http) = http {
-        let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
-    }
-    if let Some(dns) = dns {
-        let _ = tokio::time::timeout(Duration::from_secs(2), dns.shutdown()).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), tcp).await;
-    if let Some(grpc) = grpc {
-        let _ = tokio::time::timeout(Duration::from_secs(2), grpc.join()).await;
+    // Stop every face at once, under one deadline, so that the store is
+    // flushed well inside the grace period whatever a face does.
+    let udp_stopped = tokio::task::spawn_blocking(move || udp.shutdown());
+    let faces = async {
+        let http = async {
+            if let Some(h) = http {
+                let _ = h.await;
+            }
+        };
+        let dns = async {
+            if let Some(d) = dns {
+                d.shutdown().await;
+            }
+        };
+        let grpc = async {
+            if let Some(g) = grpc {
+                let _ = g.join().await;
+            }
+        };
+        let _ = tokio::join!(http, dns, grpc, tcp, udp_stopped);
+    };
+    if tokio::time::timeout(Duration::from_secs(3), faces).await.is_err() {
+        tracing::warn!("some connections were still open after 3 s; closing anyway");
     }
     store.close().context("flushing the store")?;
     tracing::info!("stopped");
