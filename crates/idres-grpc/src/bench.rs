@@ -11,7 +11,10 @@ use idres_store::{SledConfig, SledStore, Store};
 use tokio::sync::watch;
 
 use crate::cli::CliError;
-use crate::pb::{self, registry_service_client::RegistryServiceClient, resolve_service_client::ResolveServiceClient};
+use crate::pb::{
+    self, registry_service_client::RegistryServiceClient,
+    resolve_service_client::ResolveServiceClient,
+};
 use crate::replica::{FollowOptions, Upstream};
 use crate::tls::ClientTlsPem;
 
@@ -87,16 +90,16 @@ pub async fn register(a: &RegisterArgs) -> Result<(), CliError> {
                     }],
                 }
             }));
-            c.register_stream(ops).await.map(tonic::Response::into_inner)
+            c.register_stream(ops)
+                .await
+                .map(tonic::Response::into_inner)
         }));
     }
     let mut applied = 0;
     let mut replayed = 0;
     let mut failed = 0;
     for t in tasks {
-        let s = t
-            .await
-            .map_err(|e| CliError::Usage(e.to_string()))??;
+        let s = t.await.map_err(|e| CliError::Usage(e.to_string()))??;
         applied += s.applied;
         replayed += s.replayed;
         failed += s.failures.len();
@@ -227,7 +230,8 @@ pub struct MirrorArgs {
 pub async fn mirror(a: &MirrorArgs) -> Result<(), CliError> {
     let up = a.conn.upstream()?;
     let store = Arc::new(
-        SledStore::open(SledConfig::new(&a.data_dir)).map_err(|e| CliError::Usage(e.to_string()))?,
+        SledStore::open(SledConfig::new(&a.data_dir))
+            .map_err(|e| CliError::Usage(e.to_string()))?,
     );
     if a.snapshot {
         let c = pb::SubscribeRequest::default();

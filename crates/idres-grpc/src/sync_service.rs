@@ -311,6 +311,11 @@ fn produce(
             next = s + 1;
         }
         let changes = store.changes(next, batch)?;
+        if changes.first().is_some_and(|c| c.seq != next) {
+            // Trimmed between the check above and this read: the log no
+            // longer has `next`, so go round and take a snapshot.
+            continue;
+        }
         let Some(through) = changes.last().map(|c| c.seq) else {
             if r.stop_when_caught_up {
                 return Ok(());

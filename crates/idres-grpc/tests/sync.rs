@@ -280,3 +280,57 @@ async fn a_snapshot_brings_new_ranges_and_removes_what_the_source_lacks() {
     assert_eq!(snap as u64, digest(&*top.store, "88.118.8").unwrap().count);
     top.stop().await;
 }
+
+#[tokio::test]
+async fn a_replica_behind_a_trimmed_log_gets_a_snapshot() {
+    let pki = Pki::new();
+    let (top, mut node) = populated_top(&pki, 1500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let replica = open_store(dir.path());
+    let up = mirror_upstream(&pki, &top);
+    catch_up(replica.clone(), up.clone(), vec![], 200).await;
+    // While the replica is away the source deletes and changes records,
+    // then trims its log past everything the replica saw.
+    let mut ops = Vec::new();
+    for i in 1000..1100 {
+        ops.push(op(
+            &format!("x{i}"),
+            OperationKind::Delete,
+            &format!("88.118.8/{i:06}"),
+            vec![],
+        ));
+    }
+    ops.push(op(
+        "new",
+        OperationKind::Create,
+        "88.118.8/new",
+        vec![url_value(1, "https://new")],
+    ));
+    let s = node
+        .registry
+        .register_stream(tokio_stream::iter(ops))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.failures.is_empty(), "{:?}", s.failures);
+    let seen_by_replica = mirror_cursor(&replica, &up.url);
+    let first = top.store.trim_changes(top.store.last_seq() - 5).unwrap();
+    assert!(first > seen_by_replica);
+    let st = catch_up(replica.clone(), up, vec![], 200).await;
+    assert_eq!(st.applied_seq, top.store.last_seq());
+    assert_eq!(
+        digest(&*top.store, "").unwrap().sha256,
+        digest(&*replica, "").unwrap().sha256
+    );
+    assert!(
+        replica.get("88.118.8/001050").unwrap().is_none(),
+        "deleted in the trimmed part"
+    );
+    top.stop().await;
+}
+
+fn mirror_cursor(store: &SledStore, url: &str) -> u64 {
+    idres_grpc::replica::load_cursor(store, url, &[])
+        .unwrap()
+        .from_seq
+}

@@ -10,12 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use idres_model::{types, validate_values, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
 
-use crate::record::RecordBytes;
+mod trim;
+
 use crate::cache::{Lookup, ReadCache};
+use crate::record::RecordBytes;
 use crate::{index, keys};
 use crate::{
-    Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, Store, StoreError,
-    AuxEntry, ValuePage, WriteCallback, WriteRequest, SCHEMA_VERSION,
+    AuxEntry, Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, Store,
+    StoreError, ValuePage, WriteCallback, WriteRequest, SCHEMA_VERSION,
 };
 
 /// Settings of a [`SledStore`].
