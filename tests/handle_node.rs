@@ -182,6 +182,17 @@ fn prefix_homed_elsewhere_gets_a_referral() {
         panic!()
     };
     assert_eq!(values[0].value_type, "HS_SITE");
+    // A derived prefix's own record, not held here, is a prefix referral
+    // carrying the ancestor's .PREFIX values as they are.
+    let r = client::resolve(addr, "0.NA/66.5", &[], &[], false).unwrap();
+    assert_eq!(r.response_code, ResponseCode::PREFIX_REFERRAL);
+    let Reply::Referral { service_handle, values } = &r.reply else {
+        panic!()
+    };
+    assert!(service_handle.is_empty());
+    assert_eq!(values[0].value_type, "HS_SITE.PREFIX");
+    let r = client::resolve(addr, "0.NA/88.118", &[], &[], false).unwrap();
+    assert_eq!(r.response_code, ResponseCode::HANDLE_NOT_FOUND);
     // The prefix record itself is answered here: that is how clients find
     // the secondary node.
     let r = client::resolve(addr, "0.NA/77.1", &[], &["HS_SITE"], false).unwrap();

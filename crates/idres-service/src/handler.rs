@@ -241,7 +241,15 @@ impl Handler {
         let record = match self.store.get(handle.key()) {
             Ok(Some(r)) => r,
             Ok(None) => {
-                return self.error(m, ResponseCode::HANDLE_NOT_FOUND, "handle not found", now, out)
+                if let Some(values) = self.prefix_referral(m, &handle) {
+                    self.stats.referrals.fetch_add(1, Ordering::Relaxed);
+                    self.stats.answered.fetch_add(1, Ordering::Relaxed);
+                    let mut w = self.begin(m, ResponseCode::PREFIX_REFERRAL, now, out);
+                    put_referral(w.body(), "", &values);
+                    w.finish();
+                    return Outcome::Reply;
+                }
+                return self.error(m, ResponseCode::HANDLE_NOT_FOUND, "handle not found", now, out);
             }
             Err(e) => {
                 tracing::error!(error = %e, handle = handle.key(), "store read failed");
@@ -341,6 +349,32 @@ impl Handler {
             } else if v.value_type.eq_ignore_ascii_case(types::HS_SERV_PREFIX) {
                 v.value_type = types::HS_SERV.to_owned();
             }
+        }
+        Some(values)
+    }
+
+    /// For a prefix record `0.NA/<prefix>` not held here, the `.PREFIX`
+    /// values of the nearest ancestor's record when they place derived
+    /// prefixes at another service: the prefix referral (rc 303) clients
+    /// follow to find where a derived prefix lives.
+    fn prefix_referral(&self, m: &Message<'_>, handle: &Handle) -> Option<Vec<HandleValue>> {
+        if m.header.op_flags.has(OpFlags::DO_NOT_REFER) {
+            return None;
+        }
+        let prefix = handle.described_prefix()?;
+        let parent = prefix.parent()?;
+        let home = self.store.prefix_home(parent.as_str())?;
+        let values: Vec<HandleValue> = home
+            .service_values
+            .iter()
+            .filter(|v| {
+                v.value_type.eq_ignore_ascii_case(types::HS_SITE_PREFIX)
+                    || v.value_type.eq_ignore_ascii_case(types::HS_SERV_PREFIX)
+            })
+            .cloned()
+            .collect();
+        if values.is_empty() || values.iter().any(|v| self.is_ours(v)) {
+            return None;
         }
         Some(values)
     }
