@@ -44,6 +44,10 @@ const BATCH: usize = 1000;
 /// Deepest offset reachable with `page`; deeper pages use `cursor`.
 pub const MAX_OFFSET: usize = 1_000_000;
 const RESERVED: &[&str] = &["limit", "page", "cursor", "retrieverecords", "prefix"];
+/// Longest pattern accepted, in bytes.
+pub const MAX_PATTERN: usize = 512;
+/// Most `*` in one pattern: each one multiplies the matcher's worst case.
+pub const MAX_STARS: usize = 16;
 
 struct Search {
     criteria: Vec<(String, String)>,
@@ -108,6 +112,14 @@ async fn search_inner(app: &Arc<App>, parts: &Parts) -> Result<Response, ApiErro
         t.is_empty() || t.len() > 256 || t.bytes().any(|b| b == 0 || b.is_ascii_control())
     }) {
         return Err(ApiError::bad_request(format!("{t:?} is not a value type")));
+    }
+    if let Some((t, _)) = criteria
+        .iter()
+        .find(|(_, p)| p.len() > MAX_PATTERN || p.matches('*').count() > MAX_STARS)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the pattern for {t} is too long: at most {MAX_PATTERN} bytes and {MAX_STARS} '*'"
+        )));
     }
     let caller = app
         .auth

@@ -286,8 +286,8 @@ fn other_paths() -> Value {
             "operationId": "searchHandles",
             "parameters": [
                 {"name": "URL", "in": "query", "required": true,
-                 "description": "Glob over URL values, such as *example.cn*.",
-                 "schema": {"type": "string"}},
+                 "description": "Glob over URL values, such as *example.cn*: at most 512 bytes and 16 '*'.",
+                 "schema": {"type": "string", "maxLength": 512}},
                 {"name": "limit", "in": "query", "required": false,
                  "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}},
                 {"name": "page", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},

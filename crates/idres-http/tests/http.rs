@@ -750,6 +750,10 @@ async fn reverse_lookup_pages_past_a_thousand() {
     let (s, _) = node.get("/hrls/handles?limit=5").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, _) = node
+        .get(&format!("/hrls/handles?URL={}", "*a".repeat(17)))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = node
         .call(
             reqwest::Method::GET,
             "/hrls/handles?URL=*",
