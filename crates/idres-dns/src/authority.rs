@@ -33,8 +33,8 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use idres_model::{oid, Handle, Oid, Prefix};
 use idres_store::{RecordBytes, Store};
 
-use crate::cache::RecordCache;
 use crate::config::{ConfigError, DnsConfig};
+use crate::index::OidIndex;
 use crate::response::{rcode, EdnsRequest, Response, Section};
 use crate::views::{self, View};
 use crate::wire::{self, rtype, HostName, QuestionName, HEADER_LEN};
@@ -78,7 +78,7 @@ struct Timers {
 #[derive(Debug)]
 pub struct Authority {
     store: Arc<dyn Store>,
-    cache: RecordCache,
+    index: OidIndex,
     /// The zone's labels, lower case, leaf first.
     zone_labels: Vec<Vec<u8>>,
     nameservers: Vec<HostName>,
@@ -88,7 +88,6 @@ pub struct Authority {
     hostmaster: HostName,
     timers: Timers,
     max_udp_payload: u16,
-    oid_prefix: Prefix,
 }
 
 /// Where the question name stands relative to the zone.
@@ -154,8 +153,10 @@ impl Authority {
             Some(h) => host("hostmaster", &h.replacen('@', ".", 1))?,
             None => host("hostmaster", &format!("hostmaster.{zone_dotted}."))?,
         };
+        let oid_prefix = Prefix::parse(oid::OID_PREFIX)
+            .map_err(|_| ConfigError::BadName("prefix", oid::OID_PREFIX.into()))?;
         Ok(Self {
-            cache: RecordCache::new(store.as_ref(), config.cache_records),
+            index: OidIndex::new(oid_prefix),
             store,
             zone_labels,
             nameservers,
@@ -170,14 +171,12 @@ impl Authority {
                 negative_ttl: config.negative_ttl,
             },
             max_udp_payload: config.max_udp_payload.max(CLASSIC_UDP),
-            oid_prefix: Prefix::parse(oid::OID_PREFIX)
-                .map_err(|_| ConfigError::BadName("prefix", oid::OID_PREFIX.into()))?,
         })
     }
 
-    /// Loads OID records into the read cache (see [`RecordCache::warm`]).
-    pub fn warm_cache(&self) -> Result<usize, idres_store::StoreError> {
-        self.cache.warm(self.store.as_ref(), "OID/")
+    /// The index of OIDs with records below them.
+    pub fn index(&self) -> &OidIndex {
+        &self.index
     }
 
     /// The store answers come from.
@@ -344,7 +343,7 @@ impl Authority {
         key.push_str(oid::OID_PREFIX);
         key.push('/');
         key.push_str(oid.as_str());
-        let rec = match self.cache.get(self.store.as_ref(), &key) {
+        let rec = match self.store.get(&key) {
             Ok(Some(rec)) => rec,
             Ok(None) => return self.missing(&key),
             Err(e) => {
@@ -369,16 +368,15 @@ impl Authority {
     /// NXDOMAIN, unless OIDs exist below the name (then it is an empty
     /// non-terminal and the answer is NODATA).
     fn missing(&self, key: &str) -> u16 {
-        let mut below = String::with_capacity(key.len() + 1);
-        below.push_str(key);
-        below.push('.');
-        match self.store.list(&self.oid_prefix, Some(&below), 1) {
-            Ok(next) if next.first().is_some_and(|k| k.starts_with(&below)) => rcode::NOERROR,
-            Ok(_) => rcode::NXDOMAIN,
-            Err(e) => {
-                tracing::warn!(error = %e, key, "store list failed");
-                rcode::SERVFAIL
-            }
+        let store = self.store.as_ref();
+        let below = self
+            .index
+            .has_descendants(store, key)
+            .or_else(|| self.index.store_has_below(store, key));
+        match below {
+            Some(true) => rcode::NOERROR,
+            Some(false) => rcode::NXDOMAIN,
+            None => rcode::SERVFAIL,
         }
     }
 

@@ -42,10 +42,9 @@ pub struct DnsConfig {
     pub soa_expire: u32,
     /// How long a negative answer may be cached (SOA minimum, RFC 2308).
     pub negative_ttl: u32,
-    /// Most records kept in the DNS face's read cache (0 = no cache).
-    pub cache_records: usize,
-    /// Load OID records into the cache at start, before answering.
-    pub warm_cache: bool,
+    /// Most OID records for which the index of empty non-terminals is
+    /// kept in memory (past it, the store is asked on each miss).
+    pub index_max_records: usize,
     /// Largest UDP response we send to an EDNS client (RFC 6891 §6.2.5).
     pub max_udp_payload: u16,
     /// Most TCP connections at once.
@@ -77,8 +76,7 @@ impl Default for DnsConfig {
             soa_retry: 3600,
             soa_expire: 1_209_600,
             negative_ttl: 300,
-            cache_records: 2_000_000,
-            warm_cache: true,
+            index_max_records: 50_000_000,
             max_udp_payload: 1232,
             max_tcp_connections: 1024,
             tcp_idle_secs: 10,

@@ -15,9 +15,9 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
-pub mod cache;
 pub mod config;
 pub mod doq;
+pub mod index;
 pub mod response;
 pub mod tcp;
 pub mod udp;
@@ -155,16 +155,27 @@ pub fn start(
     sockets: DnsSockets,
 ) -> Result<DnsServer, ConfigError> {
     let authority = Arc::new(Authority::new(config, store)?);
-    if config.warm_cache {
-        let started = std::time::Instant::now();
-        match authority.warm_cache() {
-            Ok(n) => tracing::info!(
-                records = n,
-                ms = started.elapsed().as_millis() as u64,
-                "DNS cache warmed"
-            ),
-            Err(e) => tracing::warn!(error = %e, "warming the DNS cache failed"),
-        }
+    {
+        // Until the index is built, the store answers its questions.
+        let authority = Arc::clone(&authority);
+        let max = config.index_max_records;
+        std::thread::Builder::new()
+            .name("idres-dns-index".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match authority.index().build(authority.store().as_ref(), max) {
+                    Ok(()) => tracing::info!(
+                        ms = started.elapsed().as_millis() as u64,
+                        ready = authority.index().is_ready(),
+                        "DNS OID index done"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "building the OID index failed"),
+                }
+            })
+            .map_err(|source| ConfigError::Io {
+                what: "OID index",
+                source,
+            })?;
     }
     let needs_runtime = sockets.tcp.is_some() || sockets.doq.is_some();
     if needs_runtime && tokio::runtime::Handle::try_current().is_err() {

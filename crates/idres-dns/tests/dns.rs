@@ -693,95 +693,93 @@ async fn cached_records_follow_changes() {
     node.stop().await;
 }
 
-#[test]
-fn the_cache_survives_long_gaps_in_reading() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path());
-    fill(store.as_ref());
-    let cache = idres_dns::cache::RecordCache::new(store.as_ref(), 10);
-    let key = "OID/1.2.156.3001.1";
-    let first = cache.get(store.as_ref(), key).unwrap().unwrap();
-    assert_eq!(cache.len(), 1);
-    assert_eq!(first.values().unwrap()[0].data, "https://example.cn/p");
-    // More changes than one catch-up reads, the record among them.
-    let mut batch = WriteRequest::default();
-    for i in 0..4200 {
-        batch.mutations.push(Mutation::Put {
-            handle: oid(&format!("1.2.156.4000.{i}")),
-            values: vec![url(1, "https://bulk.example/")],
-        });
-    }
-    batch.mutations.push(Mutation::Put {
-        handle: oid("1.2.156.3001.1"),
-        values: vec![url(1, "https://example.cn/later")],
-    });
-    store.write(batch).unwrap().unwrap();
-    let now = cache.get(store.as_ref(), key).unwrap().unwrap();
-    assert_eq!(now.values().unwrap()[0].data, "https://example.cn/later");
-    // A full cache starts again rather than growing.
-    for i in 0..25 {
-        cache
-            .get(store.as_ref(), &format!("OID/1.2.156.4000.{i}"))
-            .unwrap()
-            .unwrap();
-    }
-    assert!(cache.len() <= 10);
-    // Misses are not cached.
-    let before = cache.len();
-    assert!(cache.get(store.as_ref(), "OID/9.9").unwrap().is_none());
-    assert_eq!(cache.len(), before);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_of_datagrams_are_all_answered() {
     let node = node().await;
     let s = udp_client();
-    // Bigger than one receive batch, sent before reading any reply.
+    // Rounds of datagrams, each bigger than one receive batch and sent
+    // before reading any reply (and small enough for the client's buffer).
     let n: u16 = 300;
-    for id in 0..n {
-        let name = match id % 3 {
-            0 => "1.3001.156.2.1.oid-res.org.",
-            1 => "8.3001.156.2.1.oid-res.org.",
-            _ => "example.com.",
-        };
-        s.send_to(&query(id, name, RecordType::NAPTR, None), node.udp())
-            .unwrap();
-    }
     let mut seen = vec![false; usize::from(n)];
     let mut buf = [0u8; 4096];
-    for _ in 0..n {
-        let (len, _) = s.recv_from(&mut buf).unwrap();
-        let m = Message::from_vec(&buf[..len]).unwrap();
-        let want = match m.id() % 3 {
-            0 => ResponseCode::NoError,
-            1 => ResponseCode::NXDomain,
-            _ => ResponseCode::Refused,
-        };
-        assert_eq!(m.response_code(), want, "{}", m.id());
-        seen[usize::from(m.id())] = true;
+    for round in (0..n).collect::<Vec<_>>().chunks(100) {
+        for &id in round {
+            let name = match id % 3 {
+                0 => "1.3001.156.2.1.oid-res.org.",
+                1 => "8.3001.156.2.1.oid-res.org.",
+                _ => "example.com.",
+            };
+            s.send_to(&query(id, name, RecordType::NAPTR, None), node.udp())
+                .unwrap();
+        }
+        for _ in round {
+            let (len, _) = s.recv_from(&mut buf).unwrap();
+            let m = Message::from_vec(&buf[..len]).unwrap();
+            let want = match m.id() % 3 {
+                0 => ResponseCode::NoError,
+                1 => ResponseCode::NXDomain,
+                _ => ResponseCode::Refused,
+            };
+            assert_eq!(m.response_code(), want, "{}", m.id());
+            seen[usize::from(m.id())] = true;
+        }
     }
     assert!(seen.iter().all(|&s| s));
     node.stop().await;
 }
 
 #[test]
-fn warming_loads_oid_records_only_and_stays_exact() {
+fn the_index_of_empty_non_terminals_follows_the_change_log() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     fill(store.as_ref());
-    let cache = idres_dns::cache::RecordCache::new(store.as_ref(), 100);
-    // Four OID records; the handle is not an OID.
-    assert_eq!(cache.warm(store.as_ref(), "OID/").unwrap(), 4);
+    let index = idres_dns::index::OidIndex::new(idres_model::Prefix::parse("OID").unwrap());
+    let s = store.as_ref();
+    assert_eq!(index.has_descendants(s, "OID/1.2.156"), None, "not built");
+    index.build(s, 1000).unwrap();
+    assert!(index.is_ready());
+    for (key, below) in [
+        ("OID/1", true),
+        ("OID/1.2.156", true),
+        ("OID/1.2.156.3001", true),
+        ("OID/1.2.156.3001.1", false),
+        ("OID/2.16.156.101818.102", true),
+        ("OID/1.2.157", false),
+        ("OID/1.2.15", false),
+    ] {
+        assert_eq!(index.has_descendants(s, key), Some(below), "{key}");
+        assert_eq!(index.store_has_below(s, key), Some(below), "{key}");
+    }
+    // A deep record makes its ancestors exist; deleting it undoes that,
+    // but only up to the first ancestor that still has records below.
     put(
-        store.as_ref(),
-        oid("1.2.156.3001.1"),
-        vec![url(1, "https://example.cn/changed")],
+        s,
+        oid("1.2.156.9.8.7"),
+        vec![url(1, "https://deep.example/")],
     );
-    let rec = cache
-        .get(store.as_ref(), "OID/1.2.156.3001.1")
-        .unwrap()
-        .unwrap();
-    assert_eq!(rec.values().unwrap()[0].data, "https://example.cn/changed");
-    let small = idres_dns::cache::RecordCache::new(store.as_ref(), 2);
-    assert_eq!(small.warm(store.as_ref(), "OID/").unwrap(), 2);
+    assert_eq!(index.has_descendants(s, "OID/1.2.156.9.8"), Some(true));
+    assert_eq!(index.has_descendants(s, "OID/1.2.156.9"), Some(true));
+    s.write(WriteRequest::one(Mutation::Delete {
+        handle: oid("1.2.156.9.8.7"),
+    }))
+    .unwrap()
+    .unwrap();
+    assert_eq!(index.has_descendants(s, "OID/1.2.156.9.8"), Some(false));
+    assert_eq!(index.has_descendants(s, "OID/1.2.156.9"), Some(false));
+    assert_eq!(index.has_descendants(s, "OID/1.2.156"), Some(true));
+    // More changes than one read of the log.
+    let mut batch = WriteRequest::default();
+    for i in 0..5000 {
+        batch.mutations.push(Mutation::Put {
+            handle: oid(&format!("1.2.158.{i}")),
+            values: vec![url(1, "https://bulk.example/")],
+        });
+    }
+    s.write(batch).unwrap().unwrap();
+    assert_eq!(index.has_descendants(s, "OID/1.2.158"), Some(true));
+    // Past its limit the index gives up and the store is asked.
+    let small = idres_dns::index::OidIndex::new(idres_model::Prefix::parse("OID").unwrap());
+    small.build(s, 10).unwrap();
+    assert!(!small.is_ready());
+    assert_eq!(small.has_descendants(s, "OID/1"), None);
 }
