@@ -20,6 +20,7 @@ use crate::convert::value_to_pb;
 use crate::error::{ServiceError, ServiceResult};
 use crate::pb::{
     self, node_service_client::NodeServiceClient, registry_service_client::RegistryServiceClient,
+    resolve_service_client::ResolveServiceClient,
 };
 use crate::ranges::Filter;
 use crate::replica::Upstream;
@@ -63,7 +64,9 @@ async fn run_once(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = upstream.channel().await?;
     let mut nodes = NodeServiceClient::new(channel.clone());
-    let mut registry = RegistryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut registry =
+        RegistryServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    let mut resolver = ResolveServiceClient::new(channel).max_decoding_message_size(256 << 20);
     let mut filter: Option<(Filter, Instant)> = None;
     loop {
         if filter
@@ -113,6 +116,31 @@ async fn run_once(
                 ops.push(op);
             }
         }
+        // Records the upstream already holds as they are here (such as
+        // those that came from it through sync) are not sent again.
+        let mut kept = Vec::with_capacity(ops.len());
+        for chunk in ops.chunks(crate::resolve_service::MAX_BATCH_RESOLVE) {
+            let there = resolver
+                .batch_resolve(upstream.request(pb::BatchResolveRequest {
+                    handles: chunk.iter().map(|o| o.handle.clone()).collect(),
+                    types: Vec::new(),
+                }))
+                .await?
+                .into_inner()
+                .results;
+            for (o, r) in chunk.iter().zip(there) {
+                let same = if o.kind == pb::OperationKind::Delete as i32 {
+                    r.code == Code::NotFound as i32
+                } else {
+                    r.record.is_some_and(|rec| rec.values == o.values)
+                };
+                if !same {
+                    tracing::debug!(handle = %o.handle, kind = o.kind, upstream_code = r.code, "escrow: upstream differs");
+                    kept.push(o.clone());
+                }
+            }
+        }
+        let ops = kept;
         if !ops.is_empty() {
             let n = ops.len();
             let results = registry

@@ -29,6 +29,8 @@ use crate::tls::{self, ClientTlsPem};
 
 /// Auxiliary key space of sync cursors, by upstream URL.
 pub const CURSORS: &str = "grpc.sync";
+/// How often a follower logs its progress.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Most batches applied but not yet durable.
 const IN_FLIGHT: usize = 8;
 
@@ -288,7 +290,22 @@ async fn follow_once(
     let mut pending: VecDeque<(oneshot::Receiver<WriteOutcome>, FollowStatus, Vec<String>)> =
         VecDeque::new();
     let mut in_flight: Arc<HashMap<String, usize>> = Arc::new(HashMap::new());
-    let finish = |total: &mut FollowStatus, st: FollowStatus| {
+    let mut last_report = std::time::Instant::now();
+    let mut report_entries = total.entries;
+    let mut finish = |total: &mut FollowStatus, st: FollowStatus| {
+        if last_report.elapsed() >= REPORT_EVERY {
+            let secs = last_report.elapsed().as_secs_f64();
+            tracing::info!(
+                upstream = %upstream.url,
+                applied_seq = st.applied_seq,
+                upstream_last_seq = st.upstream_last_seq,
+                in_snapshot = st.in_snapshot,
+                entries_per_s = ((total.entries - report_entries) as f64 / secs) as u64,
+                "sync progress"
+            );
+            last_report = std::time::Instant::now();
+            report_entries = total.entries;
+        }
         total.applied_seq = st.applied_seq;
         total.upstream_last_seq = st.upstream_last_seq;
         total.in_snapshot = st.in_snapshot;
