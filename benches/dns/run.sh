@@ -18,7 +18,7 @@
 #     run divided by the queries it answered.
 #
 # Env: COUNT (1000000) QTYPE (NAPTR) BENCH_DIR (/tmp/dnsbench/idres)
-#      IDRES_BIN (target/release/idres) CACHE_MB (1024) IDRES_WORKERS (1)
+#      IDRES_BIN (target/release/idres) CACHE_MB (record cache, 1024) IDRES_WORKERS (1)
 #      NSD_WORKERS (1) PORT_NSD (53541) PORT_IDRES (53544)
 # Results: $BENCH_DIR/results/bench-<time>.log, one line per server and rep, and a
 # median table at the end (the harness's summarize.py).
@@ -61,7 +61,8 @@ fi
 cat > "$data/idres.toml" <<TOML
 [store]
 data_dir = "$db"
-cache_mb = $CACHE_MB
+cache_mb = 64
+read_cache_mb = $CACHE_MB
 [handle]
 listen = "127.0.0.1:0"
 udp_workers = 1
@@ -106,6 +107,12 @@ for rep in $(seq "$REPS"); do
   t0=$(date +%s.%N)
   "$IDRES_BIN" serve --config "$data/idres.toml" > "$results/raw/idres.$rep.log" 2>&1 & pid=$!
   python3 "$H/dnsq.py" --wait 120 127.0.0.1 "$PORT_IDRES" "$probe" TXT >/dev/null || { echo "idres did not start" >&2; stop_pid $pid; exit 1; }
+  # Ready means loaded, as NSD is once it answers: the store's in-memory
+  # copy of the records is filled and the OID index is built.
+  for _ in $(seq 3000); do
+    grep -q "read cache filled" "$results/raw/idres.$rep.log" && grep -q "DNS OID index done" "$results/raw/idres.$rep.log" && break
+    sleep 0.1
+  done
   load=$(echo "$(date +%s.%N) - $t0" | bc -l | xargs printf %.2f)
   kill -0 "$pid" 2>/dev/null || { echo "idres exited; see $results/raw/idres.$rep.log" >&2; exit 1; }
   sleep 1

@@ -9,8 +9,9 @@
 //! port 0), and [`DnsServer::shutdown`] stops them.
 //!
 //! How values become NAPTR, URI and TXT records is in [`views`]; the
-//! answering rules are in [`authority`]; `docs/dns.md` describes both
-//! for operators.
+//! answering rules are in [`authority`]; [`index`] tells empty
+//! non-terminals from names that do not exist; `docs/dns.md` describes it
+//! all for operators.
 
 #![forbid(unsafe_code)]
 
