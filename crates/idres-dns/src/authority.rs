@@ -200,15 +200,18 @@ impl Authority {
             resp.finish();
             return Outcome::Reply;
         }
-        let (query, qname, question_end, edns) = match parse_query(msg) {
-            Ok(parsed) => parsed,
-            Err(()) => {
-                resp.set_rcode(rcode::FORMERR);
-                resp.finish();
-                return Outcome::Reply;
-            }
+        let parsed = parse_query(msg).ok().and_then(|(query, qname, end, edns)| {
+            // The question's bytes, and its name without type and class.
+            let question = msg.get(HEADER_LEN..end)?;
+            let name = question.get(..question.len().checked_sub(4)?)?;
+            Some((query, qname, question, name, edns))
+        });
+        let Some((query, qname, question, name, edns)) = parsed else {
+            resp.set_rcode(rcode::FORMERR);
+            resp.finish();
+            return Outcome::Reply;
         };
-        resp.question(&msg[HEADER_LEN..question_end]);
+        resp.question(question);
         resp.set_edns(edns, self.max_udp_payload);
         resp.set_limit(match transport {
             Transport::Udp => edns.map_or(CLASSIC_UDP, |e| {
@@ -221,7 +224,6 @@ impl Authority {
             resp.finish();
             return Outcome::Reply;
         }
-        let name = &msg[HEADER_LEN..question_end - 4];
         let qtype = u16::from(query.query_type());
         match query.query_class() {
             DNSClass::IN | DNSClass::ANY => {}
