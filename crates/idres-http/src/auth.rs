@@ -16,6 +16,9 @@
 //!   clientCert="true"` may say so explicitly, as Handle.Net clients do).
 //!
 //! Wrong or unusable credentials are refused (401) whatever the request;
+//! after repeated failures for one identity from one address, further
+//! attempts from there are refused unchecked for a while, which bounds
+//! online guessing and the hashing work strangers can cause;
 //! a request without credentials is anonymous and may only read public
 //! values.
 //!
@@ -32,6 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,6 +122,62 @@ pub struct Authenticator {
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Instant>>,
     hashing: Semaphore,
+    throttle: Throttle,
+}
+
+/// Failed password checks per (identity, client address): after
+/// `max` failures within `window`, further attempts from that address for
+/// that identity are refused without being checked until the window
+/// ends. Keyed by address too, so that a stranger cannot lock an
+/// administrator out from everywhere.
+#[derive(Debug)]
+struct Throttle {
+    max: u32,
+    window: Duration,
+    failures: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
+}
+
+/// Most (identity, address) pairs tracked at once.
+const THROTTLE_MAX_ENTRIES: usize = 65_536;
+
+impl Throttle {
+    fn blocked(&self, key: &(String, IpAddr)) -> bool {
+        if self.max == 0 {
+            return false;
+        }
+        let Ok(map) = self.failures.lock() else {
+            return false;
+        };
+        map.get(key)
+            .is_some_and(|(n, since)| *n >= self.max && since.elapsed() < self.window)
+    }
+
+    fn failed(&self, key: (String, IpAddr)) {
+        if self.max == 0 {
+            return;
+        }
+        let Ok(mut map) = self.failures.lock() else {
+            return;
+        };
+        if map.len() >= THROTTLE_MAX_ENTRIES {
+            let window = self.window;
+            map.retain(|_, (_, since)| since.elapsed() < window);
+            if map.len() >= THROTTLE_MAX_ENTRIES {
+                map.clear();
+            }
+        }
+        let entry = map.entry(key).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= self.window {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    fn succeeded(&self, key: &(String, IpAddr)) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(key);
+        }
+    }
 }
 
 impl fmt::Debug for Authenticator {
@@ -129,8 +189,10 @@ impl fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// An authenticator hashing new secrets with `iterations` rounds.
-    pub fn new(iterations: u32) -> Self {
+    /// An authenticator hashing new secrets with `iterations` rounds, and
+    /// refusing an identity from one address for `window` after
+    /// `max_failures` failed password checks (0: never).
+    pub fn new(iterations: u32, max_failures: u32, window: Duration) -> Self {
         let mut cache_key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut cache_key);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -139,6 +201,11 @@ impl Authenticator {
             cache_key,
             cache: Mutex::new(HashMap::new()),
             hashing: Semaphore::new(cores),
+            throttle: Throttle {
+                max: max_failures,
+                window,
+                failures: Mutex::new(HashMap::new()),
+            },
         }
     }
 
@@ -168,7 +235,28 @@ impl Authenticator {
         let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
         if scheme.eq_ignore_ascii_case("Basic") {
             let (identity, password) = parse_basic(rest.trim())?;
-            self.check_password(store, &identity, &password).await?;
+            let ip = conn.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip());
+            let key = (identity.to_string(), ip);
+            if self.throttle.blocked(&key) {
+                tracing::warn!(identity = %identity, %ip, "refused: too many failed attempts");
+                return Err(unauthorized(
+                    ResponseCode::AUTHENTICATION_FAILED,
+                    format!(
+                        "too many failed attempts to authenticate as {identity} from this \
+                         address; try again in {} s",
+                        self.throttle.window.as_secs()
+                    ),
+                ));
+            }
+            match self.check_password(store, &identity, &password).await {
+                Ok(()) => self.throttle.succeeded(&key),
+                Err(e) => {
+                    if e.status == axum::http::StatusCode::UNAUTHORIZED {
+                        self.throttle.failed(key);
+                    }
+                    return Err(e);
+                }
+            }
             return Ok(Caller::Authenticated(identity));
         }
         if scheme.eq_ignore_ascii_case("Handle") && rest.contains("clientCert") {

@@ -69,6 +69,11 @@ pub struct HttpOptions {
     pub handshake_timeout: Duration,
     /// PBKDF2 iterations for secrets hashed by this node.
     pub secret_iterations: u32,
+    /// Failed password checks for one identity from one address after
+    /// which that address is refused for `auth_lockout` (0: never).
+    pub max_auth_failures: u32,
+    /// How long such an address is refused.
+    pub auth_lockout: Duration,
     /// Most handles one page of `/api/handles?prefix=` may hold.
     pub max_page_size: usize,
     /// Most handles one page of `/hrls/handles` may hold.
@@ -84,6 +89,8 @@ impl Default for HttpOptions {
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             secret_iterations: secret::DEFAULT_ITERATIONS,
+            max_auth_failures: 10,
+            auth_lockout: Duration::from_secs(600),
             max_page_size: 10_000,
             max_search_limit: 10_000,
         }
@@ -105,7 +112,11 @@ impl App {
     pub fn new(handler: Arc<Handler>, options: HttpOptions) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::clone(handler.store()),
-            auth: auth::Authenticator::new(options.secret_iterations),
+            auth: auth::Authenticator::new(
+                options.secret_iterations,
+                options.max_auth_failures,
+                options.auth_lockout,
+            ),
             handler,
             metrics: metrics::Metrics::default(),
             options,

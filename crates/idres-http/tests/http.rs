@@ -1131,3 +1131,44 @@ async fn idle_connections_are_closed() {
     }
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_lock_out_that_address() {
+    let options = HttpOptions {
+        max_auth_failures: 3,
+        auth_lockout: std::time::Duration::from_secs(600),
+        ..test_options()
+    };
+    let node = start_with(None, Client::new(), "http", options).await;
+    let path = "/api/handles/88.118.8/LOCK";
+    let body = Some(record("https://lock.example/"));
+    for _ in 0..3 {
+        let (s, v) = node
+            .call(reqwest::Method::PUT, path, WRONG_AUTH, body.clone())
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(
+            v["message"].as_str().unwrap().contains("wrong secret key"),
+            "{v}"
+        );
+    }
+    // Now even the right secret is refused from here, unchecked.
+    let (s, v) = node
+        .call(reqwest::Method::PUT, path, ADMIN_AUTH, body.clone())
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many failed attempts"),
+        "{v}"
+    );
+    assert_eq!(node.get(path).await.0, StatusCode::NOT_FOUND);
+    // Other identities are not affected.
+    let (s, v) = node
+        .call(reqwest::Method::PUT, path, EDITOR_AUTH, body)
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    node.stop().await;
+}

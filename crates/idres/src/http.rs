@@ -37,6 +37,11 @@ pub struct HttpConfig {
     pub secret_iterations: u32,
     /// Seconds a connection with no request in progress is kept open.
     pub idle_timeout_secs: u64,
+    /// Failed password checks for one identity from one address before
+    /// that address is refused for `auth_lockout_secs` (0: never).
+    pub max_auth_failures: u32,
+    /// Seconds such an address is refused.
+    pub auth_lockout_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -51,6 +56,8 @@ impl Default for HttpConfig {
             max_body_bytes: o.max_body_bytes,
             secret_iterations: o.secret_iterations,
             idle_timeout_secs: o.idle_timeout.as_secs(),
+            max_auth_failures: o.max_auth_failures,
+            auth_lockout_secs: o.auth_lockout.as_secs(),
         }
     }
 }
@@ -95,6 +102,8 @@ pub async fn start(
         max_body_bytes: config.max_body_bytes,
         secret_iterations: config.secret_iterations,
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs.max(1)),
+        max_auth_failures: config.max_auth_failures,
+        auth_lockout: std::time::Duration::from_secs(config.auth_lockout_secs),
         ..HttpOptions::default()
     };
     let face = if tls.is_some() { "https" } else { "http" };
