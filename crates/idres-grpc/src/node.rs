@@ -52,6 +52,12 @@ pub struct GrpcConfig {
     pub upstream_dev_peer: Option<String>,
     /// Entries per sync batch asked of the upstream.
     pub sync_batch: u32,
+    /// Change-log entries to keep for replicas (0: keep all). Older ones
+    /// are trimmed every minute; a replica further behind gets a snapshot.
+    pub keep_changes: u64,
+    /// Seconds between a secondary node's checks of its own prefixes
+    /// (0: 30).
+    pub prefix_refresh_secs: u64,
 }
 
 /// Why the face could not start.
@@ -199,23 +205,20 @@ pub async fn start(
             } else {
                 config.sync_batch
             };
+            let refresh = std::time::Duration::from_secs(match config.prefix_refresh_secs {
+                0 => 30,
+                n => n,
+            });
             let store2 = Arc::clone(&store);
             let stop2 = stop.clone();
             let up2 = up.clone();
             tasks.push(tokio::spawn(async move {
-                let prefixes = if role == Role::Secondary {
-                    match own_prefixes(&up2, stop2.clone()).await {
-                        Some(mut p) => {
-                            p.insert(0, idres_model::PREFIX_RECORD_PREFIX.to_owned());
-                            p
-                        }
-                        None => return,
-                    }
-                } else {
-                    Vec::new()
-                };
+                if role == Role::Secondary {
+                    follow_own(store2, up2, batch, refresh, stop2, tx).await;
+                    return;
+                }
                 let options = FollowOptions {
-                    prefixes,
+                    prefixes: Vec::new(),
                     batch_size: batch,
                     stop_when_caught_up: false,
                 };
@@ -234,6 +237,91 @@ pub async fn start(
         follow_status,
         tasks,
     })
+}
+
+/// A secondary node follows the prefix table and its own prefixes; when the
+/// upstream allocates or withdraws one, it starts over with the new filter
+/// (the stored cursor's filter differs, so the new ranges come as a
+/// snapshot).
+async fn follow_own(
+    store: Arc<dyn Store>,
+    up: Upstream,
+    batch: u32,
+    check_every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+    status: watch::Sender<FollowStatus>,
+) {
+    loop {
+        let Some(mut own) = own_prefixes(&up, stop.clone()).await else {
+            return;
+        };
+        own.insert(0, idres_model::PREFIX_RECORD_PREFIX.to_owned());
+        let (inner_tx, inner_rx) = watch::channel(false);
+        let options = FollowOptions {
+            prefixes: own.clone(),
+            batch_size: batch,
+            stop_when_caught_up: false,
+        };
+        let run = replica::follow(
+            Arc::clone(&store),
+            up.clone(),
+            options,
+            inner_rx,
+            Some(status.clone()),
+        );
+        tokio::pin!(run);
+        let changed = loop {
+            tokio::select! {
+                r = &mut run => {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "follower stopped");
+                    }
+                    return;
+                }
+                _ = stop.changed() => {
+                    let _ = inner_tx.send(true);
+                    let _ = run.await;
+                    return;
+                }
+                _ = tokio::time::sleep(check_every) => {
+                    if let Some(mut now) = own_prefixes(&up, stop.clone()).await {
+                        now.insert(0, idres_model::PREFIX_RECORD_PREFIX.to_owned());
+                        if now != own {
+                            break now;
+                        }
+                    }
+                }
+            }
+        };
+        tracing::info!(prefixes = ?changed, "this node's prefixes changed; following the new set");
+        let _ = inner_tx.send(true);
+        let _ = run.await;
+    }
+}
+
+/// Trims the change log of `store` to its last `keep` entries every
+/// minute until `stop` turns true.
+pub async fn trim_log(
+    store: Arc<idres_store::SledStore>,
+    keep: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            _ = stop.changed() => return,
+        }
+        let last = store.last_seq();
+        if last <= keep {
+            continue;
+        }
+        let s = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || s.trim_changes(last - keep + 1)).await {
+            Ok(Ok(first)) => tracing::debug!(first_seq = first, "change log trimmed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "trimming the change log failed"),
+            Err(e) => tracing::warn!(error = %e, "trimming the change log failed"),
+        }
+    }
 }
 
 /// The prefixes the upstream allocated to this node, retried until known

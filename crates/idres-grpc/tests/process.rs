@@ -146,7 +146,7 @@ async fn a_killed_secondary_resumes_and_matches_the_top_node() {
         &format!(
             "[node]\ndescription = \"secondary\"\n[grpc]\ncert = \"{srv_cert}\"\nkey = \"{srv_key}\"\nclient_ca = \"{ca}\"\n\
              upstream_ca = \"{ca}\"\nupstream_cert = \"{node_cert}\"\nupstream_key = \"{node_key}\"\n\
-             upstream_server_name = \"localhost\"\nsync_batch = 50\n"
+             upstream_server_name = \"localhost\"\nsync_batch = 50\nprefix_refresh_secs = 1\n"
         ),
     );
     let top_dir = d.join("top").display().to_string();
@@ -258,6 +258,54 @@ async fn a_killed_secondary_resumes_and_matches_the_top_node() {
         panic!("{:?}", r_sec.reply)
     };
     assert_eq!(&values[0].data[..], b"https://factory.example.cn/42");
+    // A prefix allocated later is followed too, without a restart.
+    let mut alloc = op.node.clone();
+    let filing = node
+        .node
+        .get_filing(pb::GetFilingRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    alloc
+        .allocate(pb::AllocateRequest {
+            filing_id: filing.id,
+            prefix: "88.119".into(),
+            reason: "second prefix".into(),
+        })
+        .await
+        .unwrap();
+    node.registry
+        .register(support::op(
+            "late",
+            OperationKind::Create,
+            "88.119/LATE",
+            vec![url_value(1, "https://late.example.cn/")],
+        ))
+        .await
+        .unwrap();
+    let sec_resolver = pb::resolve_service_client::ResolveServiceClient::new(
+        idres_grpc::tls::connect(&sec.grpc_url(), Some(&op_tls))
+            .await
+            .unwrap(),
+    );
+    loop {
+        let got = sec_resolver
+            .clone()
+            .resolve(pb::ResolveRequest {
+                handle: "88.119/LATE".into(),
+                ..Default::default()
+            })
+            .await;
+        if got.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new prefix was not followed: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Escrow does not echo back what the top node already holds (it would
     // double the top node's log); a handful may cross while a sync batch
     // is in flight.
@@ -271,7 +319,7 @@ async fn a_killed_secondary_resumes_and_matches_the_top_node() {
     .unwrap()
     .into_inner();
     assert!(
-        status.last_seq < want.last_seq + (n as u64) / 10,
+        status.last_seq < want.last_seq + 2 + (n as u64) / 10,
         "escrow echoed records back: top log at {} after {}",
         status.last_seq,
         want.last_seq

@@ -222,6 +222,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         if let Some(a) = face.addr {
             announce("grpc", a);
         }
+        if config.grpc.keep_changes > 0 {
+            tokio::spawn(idres_grpc::node::trim_log(
+                Arc::clone(&store),
+                config.grpc.keep_changes,
+                stop_rx.clone(),
+            ));
+        }
         Some(face)
     } else {
         None
