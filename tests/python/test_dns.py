@@ -56,6 +56,9 @@ RECORDS = [
                 {"index": 2, "type": "OID", "data": "1.2.156.3001.3"}]},
     {"oid": "1.2.156.3001.3",
      "values": [{"index": 1, "type": "HS_ALIAS", "data": "88.118.8/JXDY2106023"}]},
+    {"handle": "88.118.8/X5",
+     "values": [url_value(1, "https://factory.example/X5"),
+                {"index": 2, "type": "OID", "data": "1.2.156.3001.5"}]},
 ]
 
 
@@ -203,6 +206,11 @@ def test_dig_outside_the_zone_is_refused(node):
 def test_dig_alias_resolves_through_the_handle(node):
     out = dig(node, ALIAS_NAME, "NAPTR", "+short")
     assert "!^.*$!https://factory.example/JXDY2106023!" in out
+
+
+def test_dig_oid_named_by_a_handle_resolves_to_the_handle(node):
+    out = dig(node, "5.3001.156.2.1.oid-res.org", "NAPTR", "+short")
+    assert "!^.*$!https://factory.example/X5!" in out
 
 
 def test_dig_apex_soa_and_ns(node):

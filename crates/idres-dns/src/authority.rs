@@ -14,7 +14,9 @@
 //! - In the zone the answer is authoritative (AA): SOA and NS at the apex;
 //!   A and AAAA for name servers named inside the zone; for an OID's name
 //!   the NAPTR, URI and TXT views of its record (see [`crate::views`]),
-//!   following an `HS_ALIAS` value to the linked handle's record. A name
+//!   following an `HS_ALIAS` value to the linked handle's record; an OID
+//!   without a record that a handle names in a public `OID` value is
+//!   answered from that handle's record (see [`crate::index`]). A name
 //!   that exists without the type asked for gets NODATA; a name that does
 //!   not exist gets NXDOMAIN. Both carry the SOA in the authority section
 //!   with the negative TTL (RFC 2308 §3). A name with OIDs below it but no
@@ -347,7 +349,10 @@ impl Authority {
         key.push_str(oid.as_str());
         let rec = match self.store.get(&key) {
             Ok(Some(rec)) => rec,
-            Ok(None) => return self.missing(&key),
+            Ok(None) => match self.missing(&key) {
+                Ok(linked) => linked,
+                Err(code) => return code,
+            },
             Err(e) => {
                 tracing::warn!(error = %e, key, "store read failed");
                 return rcode::SERVFAIL;
@@ -367,19 +372,38 @@ impl Authority {
         rcode::NOERROR
     }
 
-    /// NXDOMAIN, unless OIDs exist below the name (then it is an empty
-    /// non-terminal and the answer is NODATA).
-    fn missing(&self, key: &str) -> u16 {
+    /// For an OID without a record: the record of the handle that names
+    /// it in an `OID` value, if one does; else the response code, NODATA
+    /// when OIDs exist below it (an empty non-terminal), NXDOMAIN when not.
+    fn missing(&self, key: &str) -> Result<RecordBytes, u16> {
         let store = self.store.as_ref();
-        let below = self
-            .index
-            .has_descendants(store, key)
-            .or_else(|| self.index.store_has_below(store, key));
-        match below {
-            Some(true) => rcode::NOERROR,
-            Some(false) => rcode::NXDOMAIN,
-            None => rcode::SERVFAIL,
+        let known = match self.index.lookup(store, key) {
+            Some(m) => Some(m),
+            // The index is not ready: ask the store.
+            None => match (
+                crate::index::claimant(store, key),
+                self.index.store_has_below(store, key),
+            ) {
+                (Ok(linked), Some(has_descendants)) => Some(crate::index::Missing {
+                    has_descendants,
+                    linked,
+                }),
+                _ => None,
+            },
+        };
+        let Some(m) = known else {
+            return Err(rcode::SERVFAIL);
+        };
+        if let Some(h) = &m.linked {
+            if let Ok(Some(rec)) = store.get(h) {
+                return Ok(rec);
+            }
         }
+        Err(if m.has_descendants {
+            rcode::NOERROR
+        } else {
+            rcode::NXDOMAIN
+        })
     }
 
     /// The record an OID's `HS_ALIAS` chain ends at; the record itself if

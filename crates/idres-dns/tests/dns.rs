@@ -81,6 +81,15 @@ fn fill(store: &dyn Store) {
         oid("1.2.156.3001.3"),
         vec![HandleValue::new(1, "HS_ALIAS", "88.118.8/JXDY2106023")],
     );
+    // A handle naming an OID that has no record of its own.
+    put(
+        store,
+        Handle::parse("88.118.8/LINKED").unwrap(),
+        vec![
+            url(1, "https://linked.example/5"),
+            HandleValue::new(2, "OID", "1.2.156.3001.5"),
+        ],
+    );
     let mut secret = url(2, "https://internal.example/");
     secret.permissions = Permissions(Permissions::ADMIN_READ | Permissions::ADMIN_WRITE);
     put(
@@ -399,6 +408,33 @@ async fn an_alias_answers_from_the_linked_handle() {
     );
     assert_eq!(m.response_code(), ResponseCode::NoError);
     assert!(m.answers().is_empty());
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oid_named_by_a_handle_answers_from_the_handle() {
+    let node = node().await;
+    let name = "5.3001.156.2.1.oid-res.org.";
+    let m = udp_exchange(node.udp(), &query(1, name, RecordType::NAPTR, None));
+    assert_eq!(naptr_regexps(&m), ["!^.*$!https://linked.example/5!"]);
+    // Unlinking the handle makes the name disappear.
+    put(
+        node.store.as_ref(),
+        Handle::parse("88.118.8/LINKED").unwrap(),
+        vec![url(1, "https://linked.example/5")],
+    );
+    let m = udp_exchange(node.udp(), &query(2, name, RecordType::NAPTR, None));
+    assert_eq!(m.response_code(), ResponseCode::NXDomain);
+    // A private link is no link.
+    let mut private = HandleValue::new(2, "OID", "1.2.156.3001.5");
+    private.permissions = Permissions(Permissions::ADMIN_READ | Permissions::ADMIN_WRITE);
+    put(
+        node.store.as_ref(),
+        Handle::parse("88.118.8/LINKED").unwrap(),
+        vec![url(1, "https://linked.example/5"), private],
+    );
+    let m = udp_exchange(node.udp(), &query(3, name, RecordType::NAPTR, None));
+    assert_eq!(m.response_code(), ResponseCode::NXDomain);
     node.stop().await;
 }
 
@@ -767,6 +803,27 @@ fn the_index_of_empty_non_terminals_follows_the_change_log() {
     assert_eq!(index.has_descendants(s, "OID/1.2.156.9.8"), Some(false));
     assert_eq!(index.has_descendants(s, "OID/1.2.156.9"), Some(false));
     assert_eq!(index.has_descendants(s, "OID/1.2.156"), Some(true));
+    // Links from handles: made, moved and removed.
+    let linked = |s: &dyn Store| index.lookup(s, "OID/1.2.156.3001.5").unwrap().linked;
+    assert_eq!(linked(s).as_deref(), Some("88.118.8/LINKED"));
+    put(
+        s,
+        Handle::parse("88.118.8/AAA").unwrap(),
+        vec![HandleValue::new(7, "OID", "1.2.156.3001.5")],
+    );
+    assert_eq!(
+        linked(s).as_deref(),
+        Some("88.118.8/AAA"),
+        "first in index order"
+    );
+    s.write(WriteRequest::one(Mutation::Delete {
+        handle: Handle::parse("88.118.8/AAA").unwrap(),
+    }))
+    .unwrap()
+    .unwrap();
+    assert_eq!(linked(s).as_deref(), Some("88.118.8/LINKED"));
+    put(s, Handle::parse("88.118.8/LINKED").unwrap(), vec![]);
+    assert_eq!(linked(s), None);
     // More changes than one read of the log.
     let mut batch = WriteRequest::default();
     for i in 0..5000 {
