@@ -196,6 +196,16 @@ impl NodeService for NodeServiceImpl {
         ))
     }
 
+    async fn rotate_certificate(
+        &self,
+        req: Request<pb::RotateCertificateRequest>,
+    ) -> Result<Response<pb::Filing>, Status> {
+        let caller = self.caller(&req)?;
+        Ok(Response::new(
+            self.core.registry.rotate(&caller, req.into_inner()).await?,
+        ))
+    }
+
     async fn list_prefixes(
         &self,
         req: Request<pb::ListPrefixesRequest>,

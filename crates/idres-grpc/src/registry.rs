@@ -450,6 +450,108 @@ impl NodeRegistry {
         Ok(f)
     }
 
+    /// Binds a filing to a new certificate.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        req: pb::RotateCertificateRequest,
+    ) -> ServiceResult<pb::Filing> {
+        let id = match caller {
+            Caller::Operator(_) => {
+                if req.id.is_empty() {
+                    return Err(ServiceError::invalid(
+                        "id",
+                        "operators must name the filing",
+                    ));
+                }
+                req.id.clone()
+            }
+            Caller::Node(_, f) => {
+                if !req.id.is_empty() && req.id != f.id {
+                    return Err(ServiceError::PermissionDenied(format!(
+                        "node {} may rotate only its own certificate",
+                        f.id
+                    )));
+                }
+                f.id.clone()
+            }
+            Caller::Unfiled(p) => {
+                return Err(ServiceError::PermissionDenied(format!(
+                    "certificate {} ({}) is not bound to any filing",
+                    short(&p.sha256),
+                    p.subject
+                )))
+            }
+        };
+        let certs = tls::certs_from_pem(&req.certificate_pem)
+            .map_err(|e| ServiceError::invalid("certificate_pem", e))?;
+        let der = certs.first().map(|c| c.to_vec()).unwrap_or_default();
+        let sha = tls::fingerprint(&der);
+        let _guard = self.lock.lock().await;
+        let mut f = self.filing(&id)?;
+        let state = FilingState::try_from(f.state).unwrap_or(FilingState::Unspecified);
+        if matches!(state, FilingState::Rejected | FilingState::Revoked) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "filing {id} is {}: file again instead",
+                state.as_str_name()
+            )));
+        }
+        if sha == f.certificate_sha256 {
+            return Err(ServiceError::invalid(
+                "certificate_pem",
+                "is the certificate the filing already has",
+            ));
+        }
+        if let Some(other) = self.filing_by_cert(&sha)? {
+            let st = FilingState::try_from(other.state).unwrap_or(FilingState::Unspecified);
+            if !matches!(st, FilingState::Rejected | FilingState::Revoked) {
+                return Err(ServiceError::AlreadyExists(format!(
+                    "certificate {} is already bound to filing {}",
+                    short(&sha),
+                    other.id
+                )));
+            }
+        }
+        let old = std::mem::replace(&mut f.certificate_sha256, sha.clone());
+        f.certificate_subject = tls::subject_cn(&der).unwrap_or_default();
+        if let Some(app) = f.application.as_mut() {
+            app.certificate_pem = req.certificate_pem.clone();
+        }
+        f.updated_at = now();
+        let mut stored = f.clone();
+        stored.prefixes.clear();
+        self.commit(Change {
+            mutations: vec![
+                Mutation::DeleteAux {
+                    space: FILING_BY_CERT.into(),
+                    key: old.as_bytes().to_vec(),
+                },
+                Mutation::PutAux {
+                    space: FILING_BY_CERT.into(),
+                    key: sha.as_bytes().to_vec(),
+                    value: id.as_bytes().to_vec(),
+                },
+                Mutation::PutAux {
+                    space: FILING.into(),
+                    key: id.as_bytes().to_vec(),
+                    value: stored.encode_to_vec(),
+                },
+            ],
+            audit: pb::AuditEvent {
+                actor: caller.actor(),
+                action: "rotate".into(),
+                filing_id: id.clone(),
+                from_state: state as i32,
+                to_state: state as i32,
+                reason: req.reason,
+                actor_certificate_sha256: caller.sha256().to_owned(),
+                ..Default::default()
+            },
+        })
+        .await?;
+        Ok(f)
+    }
+
     /// A page of filings.
     pub fn list_nodes(
         &self,

@@ -1057,3 +1057,68 @@ async fn health_and_reflection_are_served() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_node_rotates_its_certificate() {
+    let pki = Pki::new();
+    let srv = Server::start(&pki, Role::Top).await;
+    let mut opc = Clients::new(
+        srv.channel(&pki, &pki.ca.issue_operator("alice").unwrap())
+            .await,
+    );
+    let old = pki.ca.issue_node("node-1").unwrap();
+    let mut node = Clients::new(srv.channel(&pki, &old).await);
+    let id = active_node(&mut node, &mut opc, "88.118.8", 2641).await;
+    let new = pki.ca.issue_node("node-1-2027").unwrap();
+    let f = node
+        .node
+        .rotate_certificate(pb::RotateCertificateRequest {
+            id: String::new(),
+            certificate_pem: new.cert_pem.clone(),
+            reason: "yearly rotation".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.id, id);
+    assert_eq!(f.certificate_subject, "node-1-2027");
+    // The old certificate no longer identifies the node; the new one does.
+    assert_status(
+        node.registry.register(op_upsert("r1", "88.118.8/a")).await,
+        Code::PermissionDenied,
+        "not bound to any filing",
+    );
+    let mut renewed = Clients::new(srv.channel(&pki, &new).await);
+    renewed
+        .registry
+        .register(op_upsert("r1", "88.118.8/a"))
+        .await
+        .unwrap();
+    assert_status(
+        renewed
+            .node
+            .rotate_certificate(pb::RotateCertificateRequest {
+                id: String::new(),
+                certificate_pem: new.cert_pem.clone(),
+                reason: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "already has",
+    );
+    let audit = opc
+        .node
+        .list_audit(pb::ListAuditRequest {
+            filing_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last = audit.events.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.reason.as_str()),
+        ("rotate", "yearly rotation")
+    );
+    srv.stop().await;
+}
