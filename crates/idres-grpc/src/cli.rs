@@ -32,7 +32,7 @@ pub enum CliError {
     #[error("connecting")]
     Connect(#[from] tonic::transport::Error),
     /// The node refused the call.
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Box<tonic::Status>),
     /// Bad arguments.
     #[error("{0}")]
@@ -189,6 +189,17 @@ pub enum AdminCommand {
         /// Only this filing.
         #[arg(long, default_value = "")]
         filing: String,
+    },
+    /// Binds a filing to a new client certificate.
+    Rotate {
+        /// The filing id.
+        filing: String,
+        /// The new certificate (PEM file).
+        #[arg(long)]
+        certificate: PathBuf,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Lists allocated and homed prefixes.
     Prefixes {
@@ -389,6 +400,21 @@ pub async fn admin(args: &AdminArgs) -> Result<(), CliError> {
                 }
                 token = page.next_page_token;
             }
+        }
+        AdminCommand::Rotate {
+            filing,
+            certificate,
+            reason,
+        } => {
+            let f = c
+                .rotate_certificate(up.request(pb::RotateCertificateRequest {
+                    id: filing.clone(),
+                    certificate_pem: read(certificate)?,
+                    reason: reason.clone(),
+                }))
+                .await?
+                .into_inner();
+            print_filing(&f);
         }
         AdminCommand::Prefixes { filing } => {
             let r = c
