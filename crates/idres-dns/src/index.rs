@@ -281,6 +281,8 @@ impl OidIndex {
                 );
                 inner.state = State::Off;
                 inner.interior = HashSet::new();
+                inner.linked = HashMap::new();
+                inner.links_of = HashMap::new();
                 return;
             }
             for c in &changes {
