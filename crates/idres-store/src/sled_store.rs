@@ -711,10 +711,18 @@ impl Store for SledStore {
 
     fn changes(&self, from: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         let mut out = Vec::new();
+        // Only up to `last_seq`, which the writer publishes after the group
+        // is flushed and the read cache updated: entries past it are in
+        // sled already but not yet durable, and a reader following them
+        // could find the record missing from a complete read cache.
+        let through = self.last_seq();
+        if from > through {
+            return Ok(out);
+        }
         for item in self
             .shared
             .db
-            .range(keys::change(from)..=keys::change(u64::MAX))
+            .range(keys::change(from)..=keys::change(through))
             .take(limit)
         {
             let (k, v) = item.map_err(io)?;
