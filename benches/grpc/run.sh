@@ -49,6 +49,9 @@ ID=$("$BIN" admin "${OPS[@]}" file --organisation "示例装备制造有限公�
 echo "== streaming registration: $COUNT identifiers, $STREAMS streams"
 "$BIN" bench grpc-register "${NODE[@]}" --count "$COUNT" --streams "$STREAMS"
 
+echo "== the change stream alone (source and transport, nothing applied)"
+"$BIN" bench grpc-mirror "${OPS[@]}" --data-dir "$WORK/unused" --receive-only
+"$BIN" bench grpc-mirror "${OPS[@]}" --data-dir "$WORK/unused" --receive-only --snapshot
 echo "== fresh mirror catching up the change log"
 "$BIN" bench grpc-mirror "${OPS[@]}" --data-dir "$WORK/mirror-log"
 echo "== fresh mirror from a snapshot"

@@ -224,11 +224,43 @@ pub struct MirrorArgs {
     /// Ask for a snapshot instead of the change log.
     #[arg(long)]
     snapshot: bool,
+    /// Only receive the stream, apply nothing: measures the source and the
+    /// transport without the replica's store.
+    #[arg(long)]
+    receive_only: bool,
 }
 
 /// Runs the mirror catch-up benchmark.
 pub async fn mirror(a: &MirrorArgs) -> Result<(), CliError> {
     let up = a.conn.upstream()?;
+    if a.receive_only {
+        let mut c = pb::sync_service_client::SyncServiceClient::new(up.channel().await?)
+            .max_decoding_message_size(256 << 20);
+        let start = Instant::now();
+        let mut s = c
+            .subscribe(up.request(pb::SubscribeRequest {
+                from_seq: if a.snapshot { 0 } else { 1 },
+                batch_size: a.batch,
+                stop_when_caught_up: true,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        while let Some(b) = tokio_stream::StreamExt::next(&mut s).await {
+            let b = b?;
+            entries += b.entries.len() as u64;
+            bytes += b.entries.iter().map(|e| e.values.len() as u64).sum::<u64>();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "grpc-mirror --receive-only: {entries} entries ({} MB of records) in {secs:.2} s = {:.0} entries/s{}",
+            bytes >> 20,
+            entries as f64 / secs,
+            if a.snapshot { " (snapshot)" } else { "" }
+        );
+        return Ok(());
+    }
     let store = Arc::new(
         SledStore::open(SledConfig::new(&a.data_dir))
             .map_err(|e| CliError::Usage(e.to_string()))?,
