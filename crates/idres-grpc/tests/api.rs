@@ -1122,3 +1122,52 @@ async fn a_node_rotates_its_certificate() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn plaintext_is_for_loopback_development_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = open_store(dir.path());
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut config = idres_grpc::node::GrpcConfig {
+        listen: Some("0.0.0.0:0".parse().unwrap()),
+        dev_plaintext: true,
+        ..Default::default()
+    };
+    let err = idres_grpc::node::start(&config, Role::Top, None, Arc::clone(&store), stop.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+    // Without TLS material and without the development switch: refused.
+    config.dev_plaintext = false;
+    let err = idres_grpc::node::start(&config, Role::Top, None, Arc::clone(&store), stop.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cert is required"), "{err}");
+
+    // On loopback it serves, and callers must name themselves.
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.dev_plaintext = true;
+    let face = idres_grpc::node::start(&config, Role::Top, None, Arc::clone(&store), stop)
+        .await
+        .unwrap();
+    let url = format!("http://{}", face.addr.unwrap());
+    let ch = idres_grpc::tls::connect(&url, None).await.unwrap();
+    let mut anonymous = pb::node_service_client::NodeServiceClient::new(ch);
+    assert_status(
+        anonymous.list_nodes(pb::ListNodesRequest::default()).await,
+        Code::Unauthenticated,
+        "x-idres-dev-peer",
+    );
+    let up = idres_grpc::replica::Upstream {
+        url,
+        tls: None,
+        dev_peer: Some("operator:dev".into()),
+    };
+    let mut c = pb::node_service_client::NodeServiceClient::new(up.channel().await.unwrap());
+    let nodes = c
+        .list_nodes(up.request(pb::ListNodesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nodes.filings.is_empty());
+}
