@@ -22,7 +22,6 @@ use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-
 const SHARDS: usize = 64;
 /// Bytes counted per entry on top of key and record (table slot,
 /// allocation header, reference counts).
