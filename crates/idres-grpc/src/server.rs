@@ -33,6 +33,23 @@ pub enum ServeError {
     Reflection(String),
 }
 
+/// Refuses every call, the health service and reflection included, on a
+/// TLS connection whose client certificate did not verify, saying why.
+/// The idres services then match the certificate to a filing or an
+/// operator ([`crate::auth`]).
+fn verified_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    match req.extensions().get::<tls::PeerInfo>() {
+        Some(info) if info.plaintext => Ok(req),
+        Some(info) => match &info.identity {
+            Ok(_) => Ok(req),
+            Err(why) => Err(tonic::Status::unauthenticated(why.clone())),
+        },
+        None => Err(tonic::Status::unauthenticated(
+            "no connection information; calls must come over the node's listener",
+        )),
+    }
+}
+
 /// How connections are secured.
 #[derive(Debug, Clone)]
 pub enum Security {
@@ -82,6 +99,7 @@ pub async fn serve(
     let max = 64 << 20;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(tonic::service::interceptor(verified_peer))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

@@ -52,6 +52,17 @@ async fn refusals_say_why() {
         Code::Unauthenticated,
         "unknown CA",
     );
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(srv.channel(&pki, &stranger).await);
+    assert_status(
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await,
+        Code::Unauthenticated,
+        "unknown CA",
+    );
     // An operator-looking certificate from another CA is no operator.
     let fake_op = stranger_ca.issue_operator("mallory").unwrap();
     let mut c = Clients::new(srv.channel(&pki, &fake_op).await);
