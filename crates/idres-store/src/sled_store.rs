@@ -280,18 +280,19 @@ fn writer_loop(shared: &Shared, jobs: &Receiver<Job>, max_group: usize) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let outcomes = commit_group(shared, &group);
-        match outcomes {
+        let (requests, callbacks): (Vec<WriteRequest>, Vec<WriteCallback>) =
+            group.into_iter().map(|j| (j.request, j.done)).unzip();
+        match commit_group(shared, requests) {
             Ok(outcomes) => {
-                for (job, outcome) in group.into_iter().zip(outcomes) {
-                    (job.done)(Ok(outcome));
+                for (done, outcome) in callbacks.into_iter().zip(outcomes) {
+                    done(Ok(outcome));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
                 let msg = e.to_string();
-                for job in group {
-                    (job.done)(Err(StoreError::Io(msg.clone())));
+                for done in callbacks {
+                    done(Err(StoreError::Io(msg.clone())));
                 }
             }
         }
@@ -303,19 +304,22 @@ struct Group<'s> {
     shared: &'s Shared,
     batch: sled::Batch,
     /// Records changed in this group: key -> new stored bytes or deleted.
-    overlay: HashMap<String, Option<Vec<u8>>>,
+    overlay: HashMap<String, Option<sled::IVec>>,
     idempotency: HashMap<Vec<u8>, u64>,
     next_seq: u64,
     count_delta: isize,
     time: u32,
     wrote: bool,
+    /// The group's change-log entries, in order, from the group's first
+    /// sequence number on.
+    log: Vec<(String, ChangeKind)>,
 }
 
 impl<'s> Group<'s> {
     fn current(&self, key: &str) -> Result<Option<Vec<HandleValue>>, StoreError> {
         let bytes = match self.overlay.get(key) {
             Some(None) => return Ok(None),
-            Some(Some(b)) => RecordBytes::from_stored(b.clone().into()),
+            Some(Some(b)) => RecordBytes::from_ivec(b.clone()),
             None => match self.shared.db.get(keys::handle(key)).map_err(io)? {
                 None => return Ok(None),
                 Some(v) => RecordBytes::from_ivec(v),
@@ -325,13 +329,6 @@ impl<'s> Group<'s> {
             key: key.to_owned(),
             reason: e.to_string(),
         })
-    }
-
-    fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        match self.overlay.get(key) {
-            Some(v) => Ok(v.is_some()),
-            None => self.shared.db.contains_key(keys::handle(key)).map_err(io),
-        }
     }
 
     fn applied_key(&self, k: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -350,10 +347,7 @@ impl<'s> Group<'s> {
 
     /// Applies one request to the group, or refuses it leaving the group as
     /// it was.
-    fn apply(
-        &mut self,
-        req: &WriteRequest,
-    ) -> Result<Result<Committed, MutationError>, StoreError> {
+    fn apply(&mut self, req: WriteRequest) -> Result<Result<Committed, MutationError>, StoreError> {
         if let Some(k) = &req.idempotency_key {
             if let Some(seq) = self.applied_key(k)? {
                 return Ok(Ok(Committed {
@@ -363,36 +357,51 @@ impl<'s> Group<'s> {
             }
         }
         // Stage the request's effects locally; merge only if all succeed.
-        let mut staged: Vec<(String, Option<Vec<HandleValue>>)> = Vec::new();
+        // Each handle is read once: its state before the request (for the
+        // index and the count) and its state after each mutation.
+        struct Touched {
+            before: Option<Vec<HandleValue>>,
+            after: Option<Vec<HandleValue>>,
+            changed: bool,
+        }
+        let mut changes: Vec<(String, ChangeKind)> = Vec::new();
         let mut aux: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let mut local: HashMap<String, Option<Vec<HandleValue>>> = HashMap::new();
-        for m in &req.mutations {
+        let mut touched: HashMap<String, Touched> = HashMap::new();
+        let mut order: Vec<String> = Vec::new();
+        let had_mutations = !req.mutations.is_empty();
+        for m in req.mutations {
             let handle = match m {
                 Mutation::PutAux { space, key, value } => {
-                    aux.push((keys::aux(space, key), Some(value.clone())));
+                    aux.push((keys::aux(&space, &key), Some(value)));
                     continue;
                 }
                 Mutation::DeleteAux { space, key } => {
-                    aux.push((keys::aux(space, key), None));
+                    aux.push((keys::aux(&space, &key), None));
                     continue;
                 }
-                other => match other.handle() {
-                    Some(h) => h,
+                ref other => match other.handle() {
+                    Some(h) => h.clone(),
                     None => continue,
                 },
             };
-            let key = handle.key().to_owned();
-            let existed_before = match local.get(&key) {
-                Some(v) => v.is_some(),
-                None => self.exists(&key)?,
+            let key = handle.key();
+            if !touched.contains_key(key) {
+                let before = self.current(key)?;
+                let after = before.clone();
+                touched.insert(
+                    key.to_owned(),
+                    Touched {
+                        before,
+                        after,
+                        changed: false,
+                    },
+                );
+                order.push(key.to_owned());
+            }
+            let Some(t) = touched.get_mut(key) else {
+                continue;
             };
-            let load = |this: &Self, local: &HashMap<String, Option<Vec<HandleValue>>>| match local
-                .get(&key)
-            {
-                Some(v) => Ok(v.clone()),
-                None => this.current(&key),
-            };
-            let new = match apply_mutation(m, existed_before, || load(self, &local))? {
+            let new = match apply_mutation(m, t.after.take())? {
                 Ok(new) => new,
                 Err(e) => return Ok(Err(e)),
             };
@@ -404,8 +413,14 @@ impl<'s> Group<'s> {
                     }));
                 }
             }
-            local.insert(key.clone(), new.clone());
-            staged.push((key, new));
+            let kind = if new.is_some() {
+                ChangeKind::Put
+            } else {
+                ChangeKind::Delete
+            };
+            t.after = new;
+            t.changed = true;
+            changes.push((key.to_owned(), kind));
         }
         for (key, value) in aux {
             match value {
@@ -413,16 +428,22 @@ impl<'s> Group<'s> {
                 None => self.batch.remove(key),
             }
         }
-        for (key, new) in &staged {
-            let old = self.current(key)?;
-            let was = old.is_some();
-            let old_entries = old
+        for key in order {
+            let Some(t) = touched.remove(&key) else {
+                continue;
+            };
+            if !t.changed {
+                continue;
+            }
+            let old_entries = t
+                .before
                 .as_deref()
-                .map(|v| index::entries(key, v))
+                .map(|v| index::entries(&key, v))
                 .unwrap_or_default();
-            let new_entries = new
+            let new_entries = t
+                .after
                 .as_deref()
-                .map(|v| index::entries(key, v))
+                .map(|v| index::entries(&key, v))
                 .unwrap_or_default();
             for e in &old_entries {
                 if new_entries.binary_search(e).is_err() {
@@ -434,38 +455,29 @@ impl<'s> Group<'s> {
                     self.batch.insert(e, &[][..]);
                 }
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let kind = if new.is_some() {
-                ChangeKind::Put
-            } else {
-                ChangeKind::Delete
-            };
-            match new {
+            match (&t.before, &t.after) {
+                (None, Some(_)) => self.count_delta += 1,
+                (Some(_), None) => self.count_delta -= 1,
+                _ => {}
+            }
+            match t.after {
                 Some(values) => {
-                    let bytes = RecordBytes::encode(values);
-                    self.batch.insert(keys::handle(key), bytes.clone());
-                    self.overlay.insert(key.clone(), Some(bytes));
-                    if !was {
-                        self.count_delta += 1;
-                    }
+                    let bytes = sled::IVec::from(RecordBytes::encode(&values));
+                    self.batch.insert(keys::handle(&key), bytes.clone());
+                    self.overlay.insert(key, Some(bytes));
                 }
                 None => {
-                    self.batch.remove(keys::handle(key));
-                    self.overlay.insert(key.clone(), None);
-                    if was {
-                        self.count_delta -= 1;
-                    }
+                    self.batch.remove(keys::handle(&key));
+                    self.overlay.insert(key, None);
                 }
             }
-            self.batch
-                .insert(&keys::change(seq), encode_change(self.time, kind, key));
+        }
+        self.next_seq += changes.len() as u64;
+        self.log.extend(changes);
+        if had_mutations {
             self.wrote = true;
         }
         let last_seq = self.next_seq - 1;
-        if !req.mutations.is_empty() {
-            self.wrote = true;
-        }
         if let Some(k) = &req.idempotency_key {
             self.batch
                 .insert(keys::idempotency(k), &last_seq.to_be_bytes());
@@ -478,53 +490,47 @@ impl<'s> Group<'s> {
     }
 }
 
-/// The values a handle has after `m`, `None` if it no longer exists.
+/// The values a handle has after `m`, `None` if it no longer exists;
+/// `current` is its state before.
 fn apply_mutation(
-    m: &Mutation,
-    exists: bool,
-    load: impl FnOnce() -> Result<Option<Vec<HandleValue>>, StoreError>,
+    m: Mutation,
+    current: Option<Vec<HandleValue>>,
 ) -> Result<Result<Option<Vec<HandleValue>>, MutationError>, StoreError> {
     let name = |h: &Handle| h.as_str().to_owned();
     Ok(match m {
-        Mutation::Put { values, .. } => Ok(Some(values.clone())),
-        Mutation::Create { handle, values } => {
-            if exists {
-                Err(MutationError::HandleExists(name(handle)))
-            } else {
-                Ok(Some(values.clone()))
-            }
-        }
-        Mutation::Delete { handle } => {
-            if exists {
-                Ok(None)
-            } else {
-                Err(MutationError::HandleNotFound(name(handle)))
-            }
-        }
+        Mutation::Put { values, .. } => Ok(Some(values)),
+        Mutation::Create { handle, values } => match current {
+            Some(_) => Err(MutationError::HandleExists(name(&handle))),
+            None => Ok(Some(values)),
+        },
+        Mutation::Delete { handle } => match current {
+            Some(_) => Ok(None),
+            None => Err(MutationError::HandleNotFound(name(&handle))),
+        },
         Mutation::DeleteIfExists { .. } => Ok(None),
-        Mutation::AddValues { handle, values } => match load()? {
-            None => Err(MutationError::HandleNotFound(name(handle))),
+        Mutation::AddValues { handle, values } => match current {
+            None => Err(MutationError::HandleNotFound(name(&handle))),
             Some(mut cur) => {
                 for v in values {
                     if cur.iter().any(|c| c.index == v.index) {
                         return Ok(Err(MutationError::ValueExists {
-                            handle: name(handle),
+                            handle: name(&handle),
                             index: v.index,
                         }));
                     }
-                    cur.push(v.clone());
+                    cur.push(v);
                 }
                 Ok(Some(cur))
             }
         },
-        Mutation::RemoveValues { handle, indexes } => match load()? {
-            None => Err(MutationError::HandleNotFound(name(handle))),
+        Mutation::RemoveValues { handle, indexes } => match current {
+            None => Err(MutationError::HandleNotFound(name(&handle))),
             Some(mut cur) => {
                 for i in indexes {
-                    let Some(pos) = cur.iter().position(|c| c.index == *i) else {
+                    let Some(pos) = cur.iter().position(|c| c.index == i) else {
                         return Ok(Err(MutationError::ValueNotFound {
-                            handle: name(handle),
-                            index: *i,
+                            handle: name(&handle),
+                            index: i,
                         }));
                     };
                     cur.remove(pos);
@@ -532,75 +538,114 @@ fn apply_mutation(
                 Ok(Some(cur))
             }
         },
-        Mutation::ModifyValues { handle, values } => match load()? {
-            None => Err(MutationError::HandleNotFound(name(handle))),
+        Mutation::ModifyValues { handle, values } => match current {
+            None => Err(MutationError::HandleNotFound(name(&handle))),
             Some(mut cur) => {
                 for v in values {
                     let Some(slot) = cur.iter_mut().find(|c| c.index == v.index) else {
                         return Ok(Err(MutationError::ValueNotFound {
-                            handle: name(handle),
+                            handle: name(&handle),
                             index: v.index,
                         }));
                     };
-                    *slot = v.clone();
+                    *slot = v;
                 }
                 Ok(Some(cur))
             }
         },
-        // Auxiliary data is staged by the caller and never reaches here;
-        // should it, the handle keeps its values.
-        Mutation::PutAux { .. } | Mutation::DeleteAux { .. } => Ok(load()?),
         Mutation::UpsertValues { values, .. } => {
-            let mut cur = load()?.unwrap_or_default();
+            let mut cur = current.unwrap_or_default();
             for v in values {
                 match cur.iter_mut().find(|c| c.index == v.index) {
-                    Some(slot) => *slot = v.clone(),
-                    None => cur.push(v.clone()),
+                    Some(slot) => *slot = v,
+                    None => cur.push(v),
                 }
             }
             Ok(Some(cur))
         }
+        // Auxiliary data is staged by the caller and never reaches here;
+        // should it, the handle keeps its values.
+        Mutation::PutAux { .. } | Mutation::DeleteAux { .. } => Ok(current),
     })
 }
 
-fn encode_change(time: u32, kind: ChangeKind, key: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(5 + key.len());
+/// Most changes kept in one change-log run.
+pub(crate) const MAX_RUN: usize = 4096;
+
+/// Encodes a run of consecutive change-log entries: u32 time, u32 count,
+/// then per change u8 kind (1 put, 2 delete), u16 length and the handle.
+/// One sled key per run instead of one per change keeps bulk writes cheap.
+pub(crate) fn encode_run<S: AsRef<str>>(time: u32, changes: &[(S, ChangeKind)]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(
+        8 + changes
+            .iter()
+            .map(|(k, _)| 3 + k.as_ref().len())
+            .sum::<usize>(),
+    );
     v.extend_from_slice(&time.to_be_bytes());
-    v.push(match kind {
-        ChangeKind::Put => 1,
-        ChangeKind::Delete => 2,
-    });
-    v.extend_from_slice(key.as_bytes());
+    v.extend_from_slice(&(changes.len() as u32).to_be_bytes());
+    for (key, kind) in changes {
+        v.push(match kind {
+            ChangeKind::Put => 1,
+            ChangeKind::Delete => 2,
+        });
+        let key = key.as_ref().as_bytes();
+        let len = key.len().min(usize::from(u16::MAX));
+        v.extend_from_slice(&(len as u16).to_be_bytes());
+        v.extend_from_slice(&key[..len]);
+    }
     v
 }
 
-fn decode_change(seq: u64, v: &[u8]) -> Result<Change, StoreError> {
+/// Decodes a run whose first change has sequence number `first`.
+pub(crate) fn decode_run(first: u64, v: &[u8]) -> Result<Vec<Change>, StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
-        key: format!("change {seq}"),
+        key: format!("change run {first}"),
         reason: reason.to_owned(),
     };
-    let (time, rest) = v.split_at_checked(4).ok_or_else(|| corrupt("short"))?;
-    let (kind, key) = rest.split_first().ok_or_else(|| corrupt("short"))?;
-    let time = u32::from_be_bytes(time.try_into().map_err(|_| corrupt("short"))?);
-    let kind = match kind {
-        1 => ChangeKind::Put,
-        2 => ChangeKind::Delete,
-        _ => return Err(corrupt("unknown kind")),
-    };
-    let handle = std::str::from_utf8(key)
-        .map_err(|_| corrupt("key not UTF-8"))?
-        .to_owned();
-    Ok(Change {
-        seq,
-        time,
-        kind,
-        handle,
-    })
+    let mut r = idres_model::codec::Reader::new(v);
+    let time = r.u32("time").map_err(|e| corrupt(&e.to_string()))?;
+    let n = r
+        .count("count", MAX_RUN * 8, 3)
+        .map_err(|e| corrupt(&e.to_string()))?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let kind = match r.u8("kind").map_err(|e| corrupt(&e.to_string()))? {
+            1 => ChangeKind::Put,
+            2 => ChangeKind::Delete,
+            _ => return Err(corrupt("unknown kind")),
+        };
+        let len = r.u16("length").map_err(|e| corrupt(&e.to_string()))?;
+        let key = r
+            .take(usize::from(len), "handle")
+            .map_err(|e| corrupt(&e.to_string()))?;
+        let handle = std::str::from_utf8(key)
+            .map_err(|_| corrupt("handle not UTF-8"))?
+            .to_owned();
+        out.push(Change {
+            seq: first + i,
+            time,
+            kind,
+            handle,
+        });
+    }
+    Ok(out)
+}
+
+/// The sequence number a change-log key starts at.
+pub(crate) fn run_start(k: &[u8]) -> Result<u64, StoreError> {
+    k.get(1..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: "change".into(),
+            reason: "bad key".into(),
+        })
 }
 
 fn commit_group(
     shared: &Shared,
-    jobs: &[Job],
+    requests: Vec<WriteRequest>,
 ) -> Result<Vec<Result<Committed, MutationError>>, StoreError> {
     let first_seq = shared.last_seq.load(Ordering::Acquire) + 1;
     let mut group = Group {
@@ -612,13 +657,21 @@ fn commit_group(
         count_delta: 0,
         time: now_secs(),
         wrote: false,
+        log: Vec::new(),
     };
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        outcomes.push(group.apply(&job.request)?);
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for request in requests {
+        outcomes.push(group.apply(request)?);
     }
     if group.wrote {
         let last = group.next_seq - 1;
+        let mut seq = first_seq;
+        for run in group.log.chunks(MAX_RUN) {
+            group
+                .batch
+                .insert(&keys::change(seq), encode_run(group.time, run));
+            seq += run.len() as u64;
+        }
         let count = (shared.handle_count.load(Ordering::Acquire) as isize + group.count_delta)
             .max(0) as u64;
         group.batch.insert(keys::META_LAST_SEQ, &last.to_be_bytes());
@@ -639,7 +692,7 @@ fn commit_group(
 
 fn update_prefixes(
     shared: &Shared,
-    overlay: &HashMap<String, Option<Vec<u8>>>,
+    overlay: &HashMap<String, Option<sled::IVec>>,
 ) -> Result<(), StoreError> {
     let mut changed = overlay
         .iter()
@@ -663,9 +716,7 @@ fn update_prefixes(
                 map.remove(suffix);
             }
             Some(b) => {
-                if let Some(home) =
-                    prefix_home_from(key, &RecordBytes::from_stored(b.clone().into()))?
-                {
+                if let Some(home) = prefix_home_from(key, &RecordBytes::from_ivec(b.clone()))? {
                     map.insert(home.prefix.as_str().to_owned(), Arc::new(home));
                 }
             }
@@ -716,23 +767,35 @@ impl Store for SledStore {
         // sled already but not yet durable, and a reader following them
         // could find the record missing from a complete read cache.
         let through = self.last_seq();
-        if from > through {
+        if from > through || limit == 0 {
             return Ok(out);
         }
+        // Start at the run holding `from`: the last run starting at or
+        // before it.
+        let start = match self
+            .shared
+            .db
+            .range(keys::change(0)..=keys::change(from))
+            .next_back()
+        {
+            Some(item) => run_start(&item.map_err(io)?.0)?,
+            None => 0,
+        };
         for item in self
             .shared
             .db
-            .range(keys::change(from)..=keys::change(through))
-            .take(limit)
+            .range(keys::change(start)..=keys::change(through))
         {
             let (k, v) = item.map_err(io)?;
-            let seq = <[u8; 8]>::try_from(&k[1..])
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt {
-                    key: "change".into(),
-                    reason: "bad key".into(),
-                })?;
-            out.push(decode_change(seq, &v)?);
+            for c in decode_run(run_start(&k)?, &v)? {
+                if c.seq < from {
+                    continue;
+                }
+                if c.seq > through || out.len() == limit {
+                    return Ok(out);
+                }
+                out.push(c);
+            }
         }
         Ok(out)
     }
@@ -744,12 +807,7 @@ impl Store for SledStore {
             .range(keys::change(0)..=keys::change(u64::MAX))
             .next()
         {
-            Some(item) => {
-                let (k, _) = item.map_err(io)?;
-                Ok(<[u8; 8]>::try_from(&k[1..])
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0))
-            }
+            Some(item) => run_start(&item.map_err(io)?.0),
             None => Ok(self.last_seq() + 1),
         }
     }

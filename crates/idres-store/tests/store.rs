@@ -391,3 +391,96 @@ fn value_index_finds_and_pages() {
     .unwrap();
     assert_eq!(s.count_by_value("URL", "*moved*").unwrap(), 0);
 }
+
+#[test]
+fn several_mutations_of_one_handle_in_one_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let c = s
+        .write(WriteRequest {
+            mutations: vec![
+                Mutation::Create {
+                    handle: h("88/M"),
+                    values: vec![url(1, "https://one.example/")],
+                },
+                Mutation::AddValues {
+                    handle: h("88/M"),
+                    values: vec![url(2, "https://two.example/")],
+                },
+                Mutation::RemoveValues {
+                    handle: h("88/M"),
+                    indexes: vec![1],
+                },
+            ],
+            idempotency_key: None,
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.last_seq, 3);
+    assert_eq!(s.changes(1, 10).unwrap().len(), 3);
+    assert_eq!(s.handle_count(), 1);
+    assert_eq!(
+        s.get("88/M").unwrap().unwrap().values().unwrap(),
+        vec![url(2, "https://two.example/")]
+    );
+    assert_eq!(s.count_by_value("URL", "*one*").unwrap(), 0);
+    assert_eq!(s.count_by_value("URL", "*two*").unwrap(), 1);
+    // Created and deleted in one request: nothing left, counted right.
+    s.write(WriteRequest {
+        mutations: vec![
+            Mutation::Put {
+                handle: h("88/TMP"),
+                values: vec![url(1, "https://tmp.example/")],
+            },
+            Mutation::Delete {
+                handle: h("88/TMP"),
+            },
+        ],
+        idempotency_key: None,
+    })
+    .unwrap()
+    .unwrap();
+    assert!(s.get("88/TMP").unwrap().is_none());
+    assert_eq!(s.handle_count(), 1);
+    assert_eq!(s.count_by_value("URL", "*tmp*").unwrap(), 0);
+}
+
+#[test]
+fn the_log_reads_and_trims_inside_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.write(WriteRequest {
+            mutations: (1..=10)
+                .map(|i| Mutation::Put {
+                    handle: h(&format!("88/R{i}")),
+                    values: vec![url(1, "x")],
+                })
+                .collect(),
+            idempotency_key: None,
+        })
+        .unwrap()
+        .unwrap();
+        let mid: Vec<u64> = s.changes(5, 3).unwrap().iter().map(|c| c.seq).collect();
+        assert_eq!(mid, [5, 6, 7]);
+        assert_eq!(s.changes(5, 3).unwrap()[0].handle, "88/R5");
+        assert_eq!(s.trim_changes(4).unwrap(), 4);
+        let rest = s.changes(0, 100).unwrap();
+        assert_eq!(rest.first().map(|c| c.seq), Some(4));
+        assert_eq!(rest.len(), 7);
+        assert_eq!(rest[0].handle, "88/R4");
+        s.close().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.first_seq().unwrap(), 4);
+    assert_eq!(
+        s.changes(9, 10)
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect::<Vec<_>>(),
+        [9, 10]
+    );
+    assert_eq!(put(&s, "88/NEXT", vec![url(1, "y")]), 11);
+    assert_eq!(s.changes(10, 10).unwrap().len(), 2);
+}

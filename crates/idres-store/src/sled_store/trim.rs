@@ -9,8 +9,8 @@
 //! removing older ones cannot race with it; [`Store::first_seq`] moves up
 //! once the removal is durable.
 
-use super::{io, SledStore};
-use crate::{keys, Store, StoreError};
+use super::{decode_run, encode_run, io, run_start, SledStore};
+use crate::{keys, ChangeKind, Store, StoreError};
 
 /// Entries removed per sled batch.
 const TRIM_BATCH: usize = 16_384;
@@ -29,14 +29,29 @@ impl SledStore {
                 .range(keys::change(0)..keys::change(keep_from))
                 .take(TRIM_BATCH)
             {
-                let (k, _) = item.map_err(io)?;
+                let (k, v) = item.map_err(io)?;
+                let first = run_start(&k)?;
+                let run = decode_run(first, &v)?;
                 batch.remove(k);
                 n += 1;
+                // A run reaching past the cut keeps its tail, re-keyed at
+                // the cut.
+                let tail: Vec<(String, ChangeKind)> = run
+                    .iter()
+                    .filter(|c| c.seq >= keep_from)
+                    .map(|c| (c.handle.clone(), c.kind))
+                    .collect();
+                if let Some(c) = run.iter().find(|c| c.seq >= keep_from) {
+                    batch.insert(&keys::change(keep_from), encode_run(c.time, &tail));
+                }
             }
             if n == 0 {
                 break;
             }
             db.apply_batch(batch).map_err(io)?;
+            if n < TRIM_BATCH {
+                break;
+            }
         }
         db.flush().map_err(io)?;
         self.first_seq()
