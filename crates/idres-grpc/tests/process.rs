@@ -31,7 +31,9 @@ fn idres_bin() -> PathBuf {
             .status()
             .unwrap();
         assert!(status.success(), "building idres failed");
-        root.join("target/debug/idres")
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), PathBuf::from)
+            .join("debug/idres")
     })
     .clone()
 }
