@@ -484,3 +484,42 @@ fn the_log_reads_and_trims_inside_one_commit() {
     assert_eq!(put(&s, "88/NEXT", vec![url(1, "y")]), 11);
     assert_eq!(s.changes(10, 10).unwrap().len(), 2);
 }
+
+#[test]
+fn the_value_index_survives_reopen_and_follows_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        for i in 0..50 {
+            put(
+                &s,
+                &format!("88/I{i}"),
+                vec![url(1, &format!("https://idx.example/{i}"))],
+            );
+        }
+        assert_eq!(
+            s.count_by_value("URL", "https://idx.example/*").unwrap(),
+            50
+        );
+        s.close().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.count_by_value("URL", "https://idx.example/*").unwrap(),
+        50
+    );
+    put(&s, "88/I7", vec![url(1, "https://elsewhere.example/")]);
+    s.write(WriteRequest::one(Mutation::Delete { handle: h("88/I8") }))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.count_by_value("URL", "https://idx.example/*").unwrap(),
+        48
+    );
+    assert_eq!(
+        s.find_by_value("URL", "*elsewhere*", None, 5)
+            .unwrap()
+            .handles,
+        ["88/I7"]
+    );
+}
