@@ -94,11 +94,19 @@ fn resolves_over_udp_and_tcp_without_private_values() {
     let r2 = client::resolve(addr, "88.118.8/jxdy2106023", &[], &[], false).unwrap();
     assert_eq!(r2.response_code, ResponseCode::HANDLE_NOT_FOUND);
     assert_eq!(values_of(&r).len(), 3);
-    let out = idres(&["resolve", "--server", &addr.to_string(), "88.118.8/JXDY2106023"]);
+    let out = idres(&[
+        "resolve",
+        "--server",
+        &addr.to_string(),
+        "88.118.8/JXDY2106023",
+    ]);
     assert!(out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["handle"], "88.118.8/JXDY2106023");
-    assert_eq!(j["values"][0]["data"]["value"], "https://example.cn/p/JXDY2106023");
+    assert_eq!(
+        j["values"][0]["data"]["value"],
+        "https://example.cn/p/JXDY2106023"
+    );
 }
 
 #[test]
@@ -133,11 +141,26 @@ fn type_and_index_filters() {
     let addr = node.handle_addr();
     let h = "88.118.8/JXDY2106023";
     let by_type = client::resolve(addr, h, &[], &["URL"], false).unwrap();
-    assert_eq!(values_of(&by_type).iter().map(|v| v.index).collect::<Vec<_>>(), [1]);
+    assert_eq!(
+        values_of(&by_type)
+            .iter()
+            .map(|v| v.index)
+            .collect::<Vec<_>>(),
+        [1]
+    );
     let by_index = client::resolve(addr, h, &[3], &[], true).unwrap();
-    assert_eq!(values_of(&by_index).iter().map(|v| v.index).collect::<Vec<_>>(), [3]);
+    assert_eq!(
+        values_of(&by_index)
+            .iter()
+            .map(|v| v.index)
+            .collect::<Vec<_>>(),
+        [3]
+    );
     let both = client::resolve(addr, h, &[100], &["url"], false).unwrap();
-    assert_eq!(values_of(&both).iter().map(|v| v.index).collect::<Vec<_>>(), [1, 100]);
+    assert_eq!(
+        values_of(&both).iter().map(|v| v.index).collect::<Vec<_>>(),
+        [1, 100]
+    );
     // Asking for the private value alone finds nothing readable.
     let private = client::resolve(addr, h, &[2], &[], false).unwrap();
     assert_eq!(private.response_code, ResponseCode::VALUES_NOT_FOUND);
@@ -166,7 +189,11 @@ fn prefix_homed_elsewhere_gets_a_referral() {
     let addr = node.handle_addr();
     let r = client::resolve(addr, "77.1/ANY", &[], &[], false).unwrap();
     assert_eq!(r.response_code, ResponseCode::SERVICE_REFERRAL);
-    let Reply::Referral { service_handle, values } = &r.reply else {
+    let Reply::Referral {
+        service_handle,
+        values,
+    } = &r.reply
+    else {
         panic!("{:?}", r.reply)
     };
     assert_eq!(service_handle, "0.NA/77.1");
@@ -186,7 +213,11 @@ fn prefix_homed_elsewhere_gets_a_referral() {
     // carrying the ancestor's .PREFIX values as they are.
     let r = client::resolve(addr, "0.NA/66.5", &[], &[], false).unwrap();
     assert_eq!(r.response_code, ResponseCode::PREFIX_REFERRAL);
-    let Reply::Referral { service_handle, values } = &r.reply else {
+    let Reply::Referral {
+        service_handle,
+        values,
+    } = &r.reply
+    else {
         panic!()
     };
     assert!(service_handle.is_empty());
@@ -246,7 +277,9 @@ fn malformed_datagrams_never_stop_the_listener() {
     };
     // Hundreds of bad datagrams: random bytes, every truncation, flipped
     // bytes, oversized ones. None may crash or stall the workers.
-    socket.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .unwrap();
     let mut sent = 0;
     for n in 0..good.len() {
         socket.send(&good[..n]).unwrap();
@@ -266,7 +299,9 @@ fn malformed_datagrams_never_stop_the_listener() {
     let mut buf = [0u8; 2048];
     while socket.recv(&mut buf).is_ok() {}
 
-    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     // A readable header with a bad body gets PROTOCOL_ERROR.
     let mut bad_body = good.clone();
     bad_body[20 + 24..20 + 28].copy_from_slice(&1000u32.to_be_bytes()); // handle length
@@ -284,9 +319,14 @@ fn malformed_datagrams_never_stop_the_listener() {
     let unknown = encode_request(&Request::Other(OpCode(2001)), 8, 0);
     let reply = datagram(&unknown, &socket).expect("a reply");
     let m = Message::parse_with_envelope(&reply).unwrap();
-    assert_eq!(m.header.response_code, ResponseCode::OPERATION_NOT_SUPPORTED);
+    assert_eq!(
+        m.header.response_code,
+        ResponseCode::OPERATION_NOT_SUPPORTED
+    );
     // A message that is itself a response is never answered.
-    socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut response = good.clone();
     response[24..28].copy_from_slice(&1u32.to_be_bytes());
     assert!(datagram(&response, &socket).is_none());
@@ -321,7 +361,11 @@ fn tcp_garbage_closes_only_that_connection() {
     .encode(&mut env);
     s.write_all(&env).unwrap();
     let mut buf = [0u8; 16];
-    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "connection should be closed");
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "connection should be closed"
+    );
     // Two requests on one connection both get answers.
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -375,7 +419,12 @@ fn import_refuses_a_bad_file_whole_and_names_the_line() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let out = idres(&["import", "--data-dir", data.to_str().unwrap(), file.to_str().unwrap()]);
+    let out = idres(&[
+        "import",
+        "--data-dir",
+        data.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 3: values[0].data.value"), "{err}");
@@ -393,9 +442,14 @@ fn export_then_import_round_trips_exactly() {
     let a = dir.path().join("a");
     import(&a, &file);
     let first = dir.path().join("first.jsonl");
-    assert!(idres(&["export", "--data-dir", a.to_str().unwrap(), first.to_str().unwrap()])
-        .status
-        .success());
+    assert!(idres(&[
+        "export",
+        "--data-dir",
+        a.to_str().unwrap(),
+        first.to_str().unwrap()
+    ])
+    .status
+    .success());
     let b = dir.path().join("b");
     import(&b, &first);
     let out = idres(&["export", "--data-dir", b.to_str().unwrap()]);

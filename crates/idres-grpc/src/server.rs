@@ -37,6 +37,8 @@ pub enum ServeError {
 /// TLS connection whose client certificate did not verify, saying why.
 /// The idres services then match the certificate to a filing or an
 /// operator ([`crate::auth`]).
+// tonic's interceptor signature fixes the error type.
+#[allow(clippy::result_large_err)]
 fn verified_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     match req.extensions().get::<tls::PeerInfo>() {
         Some(info) if info.plaintext => Ok(req),

@@ -79,7 +79,8 @@ pub fn encode_request(request: &Request<'_>, request_id: u32, flags: u32) -> Vec
 
 /// Decodes a complete reply message.
 pub fn decode_reply(full: &[u8], packets: usize) -> Result<ClientReply, ClientError> {
-    let m = Message::parse_with_envelope(full).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    let m =
+        Message::parse_with_envelope(full).map_err(|e| ClientError::Malformed(e.to_string()))?;
     let reply = Reply::decode(
         m.header.op_code,
         m.header.response_code,
@@ -125,7 +126,12 @@ pub fn request_udp(server: SocketAddr, request: &[u8]) -> Result<ClientReply, Cl
             socket.set_read_timeout(Some(left))?;
             let n = match socket.recv(&mut buf) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     break
                 }
                 Err(e) => return Err(e.into()),

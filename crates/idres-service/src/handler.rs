@@ -111,7 +111,13 @@ impl Handler {
                     credential: &[],
                     signed_part: message.get(idres_wire::ENVELOPE_LEN..).unwrap_or(&[]),
                 };
-                self.error(&m, ResponseCode::PROTOCOL_ERROR, "malformed message", now, out)
+                self.error(
+                    &m,
+                    ResponseCode::PROTOCOL_ERROR,
+                    "malformed message",
+                    now,
+                    out,
+                )
             }
             Err(_) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -249,7 +255,13 @@ impl Handler {
                     w.finish();
                     return Outcome::Reply;
                 }
-                return self.error(m, ResponseCode::HANDLE_NOT_FOUND, "handle not found", now, out);
+                return self.error(
+                    m,
+                    ResponseCode::HANDLE_NOT_FOUND,
+                    "handle not found",
+                    now,
+                    out,
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, handle = handle.key(), "store read failed");
@@ -290,7 +302,13 @@ impl Handler {
             }
         }
         if count == 0 {
-            return self.error(m, ResponseCode::VALUES_NOT_FOUND, "no values match", now, out);
+            return self.error(
+                m,
+                ResponseCode::VALUES_NOT_FOUND,
+                "no values match",
+                now,
+                out,
+            );
         }
         chosen[..4].copy_from_slice(&count.to_be_bytes());
         let mut w = self.begin(m, ResponseCode::SUCCESS, now, out);
@@ -325,7 +343,8 @@ impl Handler {
             home.service_values
                 .iter()
                 .filter(|v| {
-                    v.value_type.eq_ignore_ascii_case(site) || v.value_type.eq_ignore_ascii_case(serv)
+                    v.value_type.eq_ignore_ascii_case(site)
+                        || v.value_type.eq_ignore_ascii_case(serv)
                 })
                 .cloned()
                 .collect()

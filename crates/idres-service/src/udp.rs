@@ -111,7 +111,12 @@ fn worker(handler: &Handler, socket: &UdpSocket, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let (n, peer) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 reassembler.expire(Instant::now());
                 continue;
             }

@@ -276,7 +276,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         };
         let _ = tokio::join!(http, dns, grpc, tcp, udp_stopped);
     };
-    if tokio::time::timeout(Duration::from_secs(3), faces).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(3), faces)
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections were still open after 3 s; closing anyway");
     }
     store.close().context("flushing the store")?;
