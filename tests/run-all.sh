@@ -21,8 +21,10 @@ fi
 python3 -m pip install -q --disable-pip-version-check "${pip_packages[@]}"
 
 # --- Rust -------------------------------------------------------------------
-cargo build --workspace --all-targets --locked 2>/dev/null || cargo build --workspace --all-targets
-cargo test --workspace
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked
 
 # --- Python clients against the real binary -------------------------------
 export IDRES_BIN="$PWD/target/debug/idres"
