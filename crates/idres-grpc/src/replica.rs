@@ -33,6 +33,8 @@ pub const CURSORS: &str = "grpc.sync";
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Most batches applied but not yet durable.
 const IN_FLIGHT: usize = 8;
+/// Records per write request when applying a sync batch.
+const APPLY_CHUNK: usize = 256;
 
 /// How to reach an upstream node.
 #[derive(Debug, Clone)]
@@ -287,8 +289,11 @@ async fn follow_once(
     let mut stream = client.subscribe(upstream.request(req)).await?.into_inner();
     tracing::info!(upstream = %upstream.url, from_seq = cursor.from_seq,
         resume_snapshot_seq = cursor.resume_snapshot_seq, "following");
-    let mut pending: VecDeque<(oneshot::Receiver<WriteOutcome>, FollowStatus, Vec<String>)> =
-        VecDeque::new();
+    let mut pending: VecDeque<(
+        Vec<oneshot::Receiver<WriteOutcome>>,
+        FollowStatus,
+        Vec<String>,
+    )> = VecDeque::new();
     let mut in_flight: Arc<HashMap<String, usize>> = Arc::new(HashMap::new());
     let mut last_report = std::time::Instant::now();
     let mut report_entries = total.entries;
@@ -333,33 +338,57 @@ async fn follow_once(
                 *map.entry(k.clone()).or_insert(0) += 1;
             }
         }
-        mutations.push(Mutation::PutAux {
+        // The batch goes to the store as requests of a few hundred records,
+        // which the writer commits in small sled batches (cheaper per key)
+        // under one flush; the cursor rides with the last of them. Should
+        // the node stop between them, the records already written are
+        // written again on resume, which changes nothing.
+        let mut tail = if mutations.len() > APPLY_CHUNK {
+            mutations.split_off(mutations.len() - mutations.len() % APPLY_CHUNK)
+        } else {
+            std::mem::take(&mut mutations)
+        };
+        tail.push(Mutation::PutAux {
             space: CURSORS.into(),
             key: upstream.url.as_bytes().to_vec(),
             value: next.encode_to_vec(),
         });
         cursor = next;
-        let (tx, rx) = oneshot::channel();
-        store.submit(
-            WriteRequest {
-                mutations,
-                idempotency_key: None,
-            },
-            Box::new(move |o| {
-                let _ = tx.send(o);
-            }),
-        );
-        pending.push_back((rx, st, keys));
+        let mut receivers = Vec::new();
+        let mut requests: Vec<Vec<Mutation>> = Vec::new();
+        while !mutations.is_empty() {
+            let rest = mutations.split_off(mutations.len().min(APPLY_CHUNK));
+            requests.push(std::mem::replace(&mut mutations, rest));
+        }
+        requests.push(tail);
+        for mutations in requests {
+            let (tx, rx) = oneshot::channel();
+            store.submit(
+                WriteRequest {
+                    mutations,
+                    idempotency_key: None,
+                },
+                Box::new(move |o| {
+                    let _ = tx.send(o);
+                }),
+            );
+            receivers.push(rx);
+        }
+        pending.push_back((receivers, st, keys));
         while pending.len() >= IN_FLIGHT {
-            if let Some((rx, st, keys)) = pending.pop_front() {
-                settle(rx).await?;
+            if let Some((receivers, st, keys)) = pending.pop_front() {
+                for rx in receivers {
+                    settle(rx).await?;
+                }
                 land(&mut in_flight, &keys);
                 finish(total, st);
             }
         }
     }
-    while let Some((rx, st, keys)) = pending.pop_front() {
-        settle(rx).await?;
+    while let Some((receivers, st, keys)) = pending.pop_front() {
+        for rx in receivers {
+            settle(rx).await?;
+        }
         land(&mut in_flight, &keys);
         finish(total, st);
     }

@@ -310,9 +310,17 @@ struct Group<'s> {
     count_delta: isize,
     time: u32,
     wrote: bool,
-    /// The group's change-log entries, in order, from the group's first
-    /// sequence number on.
+    /// The current batch's change-log entries, in order, from
+    /// `batch_first_seq` on.
     log: Vec<(String, ChangeKind)>,
+    /// Keys written to the current batch.
+    ops: usize,
+    /// Sequence number of the first change in the current batch.
+    batch_first_seq: u64,
+    /// Handle count before the group.
+    base_count: usize,
+    /// Batches closed so far, applied in order at commit.
+    sealed: Vec<sled::Batch>,
 }
 
 impl<'s> Group<'s> {
@@ -424,8 +432,8 @@ impl<'s> Group<'s> {
         }
         for (key, value) in aux {
             match value {
-                Some(v) => self.batch.insert(key, v),
-                None => self.batch.remove(key),
+                Some(v) => self.put(key, v),
+                None => self.del(key),
             }
         }
         for key in order {
@@ -447,12 +455,12 @@ impl<'s> Group<'s> {
                 .unwrap_or_default();
             for e in &old_entries {
                 if new_entries.binary_search(e).is_err() {
-                    self.batch.remove(e.as_slice());
+                    self.del(e.as_slice());
                 }
             }
             for e in new_entries {
                 if old_entries.binary_search(&e).is_err() {
-                    self.batch.insert(e, &[][..]);
+                    self.put(e, &[][..]);
                 }
             }
             match (&t.before, &t.after) {
@@ -463,11 +471,11 @@ impl<'s> Group<'s> {
             match t.after {
                 Some(values) => {
                     let bytes = sled::IVec::from(RecordBytes::encode(&values));
-                    self.batch.insert(keys::handle(&key), bytes.clone());
+                    self.put(keys::handle(&key), bytes.clone());
                     self.overlay.insert(key, Some(bytes));
                 }
                 None => {
-                    self.batch.remove(keys::handle(&key));
+                    self.del(keys::handle(&key));
                     self.overlay.insert(key, None);
                 }
             }
@@ -479,14 +487,55 @@ impl<'s> Group<'s> {
         }
         let last_seq = self.next_seq - 1;
         if let Some(k) = &req.idempotency_key {
-            self.batch
-                .insert(keys::idempotency(k), &last_seq.to_be_bytes());
+            self.put(keys::idempotency(k), &last_seq.to_be_bytes()[..]);
             self.idempotency.insert(k.clone(), last_seq);
+        }
+        if self.ops >= SUB_BATCH_OPS {
+            self.seal();
         }
         Ok(Ok(Committed {
             last_seq,
             replayed: false,
         }))
+    }
+
+    fn put(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
+        self.batch.insert(key, value);
+        self.ops += 1;
+        self.wrote = true;
+    }
+
+    fn del(&mut self, key: impl Into<sled::IVec>) {
+        self.batch.remove(key);
+        self.ops += 1;
+        self.wrote = true;
+    }
+
+    /// Closes the current sled batch: its change-log run and the counters
+    /// as they stand after it go in with it, so that each batch leaves the
+    /// database consistent on its own should the process stop between
+    /// them (nothing is acknowledged before the flush that follows the
+    /// last one).
+    fn seal(&mut self) {
+        if !self.wrote {
+            return;
+        }
+        let mut seq = self.batch_first_seq;
+        for run in self.log.chunks(MAX_RUN) {
+            self.batch
+                .insert(&keys::change(seq), encode_run(self.time, run));
+            seq += run.len() as u64;
+        }
+        let last = self.next_seq - 1;
+        let count = (self.base_count as isize + self.count_delta).max(0) as u64;
+        self.batch.insert(keys::META_LAST_SEQ, &last.to_be_bytes());
+        self.batch
+            .insert(keys::META_HANDLE_COUNT, &count.to_be_bytes());
+        self.sealed.push(std::mem::take(&mut self.batch));
+        self.log.clear();
+        self.ops = 0;
+        self.batch_first_seq = self.next_seq;
+        self.wrote = false;
     }
 }
 
@@ -569,6 +618,10 @@ fn apply_mutation(
     })
 }
 
+/// Keys after which the writer closes a sled batch and starts another
+/// within the same group commit.
+const SUB_BATCH_OPS: usize = 512;
+
 /// Most changes kept in one change-log run.
 pub(crate) const MAX_RUN: usize = 4096;
 
@@ -648,6 +701,7 @@ fn commit_group(
     requests: Vec<WriteRequest>,
 ) -> Result<Vec<Result<Committed, MutationError>>, StoreError> {
     let first_seq = shared.last_seq.load(Ordering::Acquire) + 1;
+    let base_count = shared.handle_count.load(Ordering::Acquire);
     let mut group = Group {
         shared,
         batch: sled::Batch::default(),
@@ -658,33 +712,31 @@ fn commit_group(
         time: now_secs(),
         wrote: false,
         log: Vec::new(),
+        ops: 0,
+        batch_first_seq: first_seq,
+        base_count,
+        sealed: Vec::new(),
     };
     let mut outcomes = Vec::with_capacity(requests.len());
     for request in requests {
         outcomes.push(group.apply(request)?);
     }
-    if group.wrote {
+    group.seal();
+    if !group.sealed.is_empty() {
         let last = group.next_seq - 1;
-        let mut seq = first_seq;
-        for run in group.log.chunks(MAX_RUN) {
-            group
-                .batch
-                .insert(&keys::change(seq), encode_run(group.time, run));
-            seq += run.len() as u64;
+        let count = (base_count as isize + group.count_delta).max(0) as usize;
+        // sled applies a batch under one lock and copies leaves per key;
+        // several batches of a few hundred keys cost less than one of
+        // thousands, and one flush still covers them all.
+        for batch in std::mem::take(&mut group.sealed) {
+            shared.db.apply_batch(batch).map_err(io)?;
         }
-        let count = (shared.handle_count.load(Ordering::Acquire) as isize + group.count_delta)
-            .max(0) as u64;
-        group.batch.insert(keys::META_LAST_SEQ, &last.to_be_bytes());
-        group
-            .batch
-            .insert(keys::META_HANDLE_COUNT, &count.to_be_bytes());
-        shared.db.apply_batch(group.batch).map_err(io)?;
         for (key, bytes) in &group.overlay {
             shared.cache.set(key, bytes.as_deref());
         }
         shared.db.flush().map_err(io)?;
         shared.last_seq.store(last, Ordering::Release);
-        shared.handle_count.store(count as usize, Ordering::Release);
+        shared.handle_count.store(count, Ordering::Release);
         update_prefixes(shared, &group.overlay)?;
     }
     Ok(outcomes)

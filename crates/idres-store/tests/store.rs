@@ -523,3 +523,52 @@ fn the_value_index_survives_reopen_and_follows_later_writes() {
         ["88/I7"]
     );
 }
+
+#[test]
+fn a_large_group_commits_in_several_batches_with_one_consistent_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Arc::new(open(dir.path()));
+        // Many requests in flight at once form one group commit larger than
+        // one sled batch.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..3000u32 {
+            let tx = tx.clone();
+            s.submit(
+                WriteRequest {
+                    mutations: vec![Mutation::Put {
+                        handle: h(&format!("88.{}/G{i}", i % 7)),
+                        values: vec![url(1, &format!("https://group.example/{i}"))],
+                    }],
+                    idempotency_key: Some(format!("op-{i}").into_bytes()),
+                },
+                Box::new(move |o| tx.send(o).unwrap()),
+            );
+        }
+        let mut seqs: Vec<u64> = (0..3000)
+            .map(|_| rx.recv().unwrap().unwrap().unwrap().last_seq)
+            .collect();
+        seqs.sort();
+        assert_eq!(seqs, (1..=3000).collect::<Vec<_>>());
+        let log = s.changes(1, 5000).unwrap();
+        assert_eq!(log.len(), 3000);
+        assert!(log.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        assert_eq!(s.handle_count(), 3000);
+        assert_eq!(
+            s.count_by_value("URL", "https://group.example/*").unwrap(),
+            3000
+        );
+        // An idempotency key alone, with nothing else to write, is kept.
+        let only_key = WriteRequest {
+            mutations: vec![],
+            idempotency_key: Some(b"empty-op".to_vec()),
+        };
+        assert!(!s.write(only_key.clone()).unwrap().unwrap().replayed);
+        assert!(s.write(only_key).unwrap().unwrap().replayed);
+        s.close().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.last_seq(), 3000);
+    assert_eq!(s.handle_count(), 3000);
+    assert_eq!(s.changes(2999, 10).unwrap().len(), 2);
+}

@@ -26,9 +26,9 @@ use crate::config::Config;
 use crate::serve::open_store;
 
 /// Records per write request.
-const CHUNK: usize = 2_000;
+const CHUNK: usize = 256;
 /// Write requests in flight at once, so that group commits can join them.
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 64;
 /// Bad lines listed before the rest are only counted.
 const MAX_REPORTED: usize = 20;
 
