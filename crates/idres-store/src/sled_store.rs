@@ -325,12 +325,19 @@ struct Group<'s> {
 
 impl<'s> Group<'s> {
     fn current(&self, key: &str) -> Result<Option<Vec<HandleValue>>, StoreError> {
+        // The group's own changes first, then the read cache (which the
+        // writer itself keeps current after every commit, so it is never
+        // behind what this thread wrote), then sled.
         let bytes = match self.overlay.get(key) {
             Some(None) => return Ok(None),
             Some(Some(b)) => RecordBytes::from_ivec(b.clone()),
-            None => match self.shared.db.get(keys::handle(key)).map_err(io)? {
-                None => return Ok(None),
-                Some(v) => RecordBytes::from_ivec(v),
+            None => match self.shared.cache.get(key) {
+                Lookup::Hit(e) => RecordBytes::from_cache(e),
+                Lookup::Absent => return Ok(None),
+                Lookup::Miss => match self.shared.db.get(keys::handle(key)).map_err(io)? {
+                    None => return Ok(None),
+                    Some(v) => RecordBytes::from_ivec(v),
+                },
             },
         };
         bytes.values().map(Some).map_err(|e| StoreError::Corrupt {
