@@ -7,7 +7,7 @@
 //! starts with that literal. Only text data is indexed: keys, sites and
 //! admin records are binary and never searched.
 
-use idres_model::{types, HandleValue};
+use idres_model::{types, HandleValue, Permissions};
 
 use crate::keys;
 
@@ -35,11 +35,13 @@ pub fn type_prefix(value_type: &str) -> Vec<u8> {
     k
 }
 
-/// Index keys of a record's values.
+/// Index keys of a record's values. Values without public read are never
+/// indexed, so that no search can match or reveal them.
 pub fn entries(handle_key: &str, values: &[HandleValue]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for v in values {
         if v.value_type.as_bytes().contains(&0)
+            || v.permissions.0 & Permissions::PUBLIC_READ == 0
             || UNINDEXED
                 .iter()
                 .any(|t| v.value_type.eq_ignore_ascii_case(t))

@@ -23,6 +23,14 @@ pub const META_HANDLE_COUNT: &[u8] = b"mhandle_count";
 /// Name of the last-sequence record.
 pub const META_LAST_SEQ: &[u8] = b"mlast_seq";
 
+/// Version of the value index's contents (absent: 1, which also held
+/// values without public read).
+pub const META_INDEX_VERSION: &[u8] = b"mindex_version";
+/// Present once every stored record has passed the value policy.
+pub const META_POLICY_APPLIED: &[u8] = b"mpolicy_applied";
+/// Key of the cipher that makes search cursors opaque.
+pub const META_CURSOR_KEY: &[u8] = b"mcursor_key";
+
 pub fn handle(key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(HANDLE);

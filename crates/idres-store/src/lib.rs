@@ -89,6 +89,10 @@ pub enum MutationError {
         /// The index.
         index: u32,
     },
+    /// A precondition carried by the request ([`Mutation::Require`])
+    /// refused it against the state it would have been applied to.
+    #[error("{0}")]
+    Denied(Denied),
     /// The resulting values are not valid.
     #[error("invalid values for {handle}: {source}")]
     Invalid {
@@ -172,6 +176,62 @@ pub enum Mutation {
         /// The key.
         key: Vec<u8>,
     },
+    /// A precondition of the whole request: the writer asks `guard`
+    /// whether the request may be applied, against the state it is about
+    /// to apply it to (every earlier write of the same group commit
+    /// included), and refuses the request with [`MutationError::Denied`]
+    /// otherwise. This is how a permission decision is taken against the
+    /// state written rather than against a read made before the write was
+    /// queued. Changes nothing itself.
+    Require {
+        /// The check.
+        guard: Arc<dyn WriteGuard>,
+    },
+}
+
+/// Read access to the state a write request is applied to.
+pub trait StateView {
+    /// The values of a handle (canonical key), `None` if it does not exist.
+    fn values(&self, key: &str) -> Result<Option<Vec<HandleValue>>, StoreError>;
+}
+
+/// A precondition checked by the writer; see [`Mutation::Require`].
+pub trait WriteGuard: Send + Sync + std::fmt::Debug {
+    /// Whether `mutations` (the whole request, this guard included) may be
+    /// applied to `state`.
+    fn check(&self, state: &dyn StateView, mutations: &[Mutation]) -> Result<(), Denied>;
+}
+
+/// Why a [`WriteGuard`] refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Denied {
+    /// What kind of refusal.
+    pub kind: DeniedKind,
+    /// A message for the caller.
+    pub message: String,
+}
+
+/// Kinds of [`Denied`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeniedKind {
+    /// The caller is anonymous and the request needs an identity.
+    AuthenticationNeeded,
+    /// The caller's identity lacks a permission the request needs.
+    InsufficientPermissions,
+    /// The identity named is not an administrator that exists.
+    InvalidAdmin,
+}
+
+/// Rewrites the values of every record the writer stores, whatever face
+/// the write came from (for example to keep secret keys only in protected
+/// form and never publicly readable). Applied by the writer to the values
+/// a request leaves, before they are validated and written.
+pub trait ValuePolicy: Send + Sync + std::fmt::Debug {
+    /// Adjusts `values`, the new values of `handle`; true if it changed
+    /// any.
+    fn prepare(&self, handle: &str, values: &mut [HandleValue]) -> bool;
 }
 
 impl Mutation {
@@ -186,7 +246,7 @@ impl Mutation {
             | Mutation::RemoveValues { handle, .. }
             | Mutation::ModifyValues { handle, .. }
             | Mutation::UpsertValues { handle, .. } => Some(handle),
-            Mutation::PutAux { .. } | Mutation::DeleteAux { .. } => None,
+            Mutation::PutAux { .. } | Mutation::DeleteAux { .. } | Mutation::Require { .. } => None,
         }
     }
 }

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use idres_model::{types, validate_values, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
 
 mod trim;
@@ -16,8 +18,8 @@ use crate::cache::{Lookup, ReadCache};
 use crate::record::RecordBytes;
 use crate::{index, keys};
 use crate::{
-    AuxEntry, Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, Store,
-    StoreError, ValuePage, WriteCallback, WriteRequest, SCHEMA_VERSION,
+    AuxEntry, Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, StateView, Store,
+    StoreError, ValuePage, ValuePolicy, WriteCallback, WriteRequest, SCHEMA_VERSION,
 };
 
 /// Settings of a [`SledStore`].
@@ -31,6 +33,8 @@ pub struct SledConfig {
     pub max_group_mutations: usize,
     /// Bytes of the in-memory record cache (0 = none).
     pub read_cache_bytes: usize,
+    /// Applied to every record written ([`ValuePolicy`]).
+    pub value_policy: Option<Arc<dyn ValuePolicy>>,
 }
 
 impl SledConfig {
@@ -42,6 +46,7 @@ impl SledConfig {
             cache_bytes: 64 << 20,
             max_group_mutations: 20_000,
             read_cache_bytes: 256 << 20,
+            value_policy: None,
         }
     }
 }
@@ -56,6 +61,139 @@ struct Shared {
     prefixes: RwLock<Arc<PrefixMap>>,
     cache: ReadCache,
     closing: AtomicBool,
+    value_policy: Option<Arc<dyn ValuePolicy>>,
+    cursors: CursorCipher,
+}
+
+/// Seals search cursors so that they are opaque to clients: a cursor names
+/// an index key, which holds a value and a handle, and must reveal neither.
+/// The key is made at the first open and kept in the database, so cursors
+/// stay good across restarts.
+struct CursorCipher(XChaCha20Poly1305);
+
+impl std::fmt::Debug for CursorCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorCipher")
+    }
+}
+
+impl CursorCipher {
+    fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        let key = match db.get(keys::META_CURSOR_KEY).map_err(io)? {
+            Some(k) if k.len() == 32 => Key::clone_from_slice(&k),
+            _ => {
+                let k = XChaCha20Poly1305::generate_key(&mut OsRng);
+                db.insert(keys::META_CURSOR_KEY, k.as_slice()).map_err(io)?;
+                db.flush().map_err(io)?;
+                k
+            }
+        };
+        Ok(Self(XChaCha20Poly1305::new(&key)))
+    }
+
+    fn seal(&self, index_key: &[u8]) -> String {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        match self.0.encrypt(&nonce, index_key) {
+            Ok(ct) => {
+                let mut out = nonce.to_vec();
+                out.extend_from_slice(&ct);
+                hex_encode(&out)
+            }
+            Err(_) => String::new(),
+        }
+    }
+
+    fn unseal(&self, cursor: &str) -> Option<Vec<u8>> {
+        let raw = hex_decode(cursor)?;
+        if raw.len() < 24 + 16 {
+            return None;
+        }
+        let (nonce, ct) = raw.split_at(24);
+        self.0.decrypt(XNonce::from_slice(nonce), ct).ok()
+    }
+}
+
+/// Brings an older database up to what this build writes: rebuilds the
+/// value index of index version 1 (which also held values without public
+/// read), and passes every record once through the value policy (for
+/// example, sealing secret keys written before it existed). Runs at open,
+/// before anything is served; each step is done once and marked done.
+fn migrate(db: &sled::Db, policy: Option<&dyn ValuePolicy>) -> Result<(), StoreError> {
+    let index_current = db.get(keys::META_INDEX_VERSION).map_err(io)?.is_some();
+    let policy = policy.filter(|_| {
+        !db.get(keys::META_POLICY_APPLIED)
+            .map(|v| v.is_some())
+            .unwrap_or(false)
+    });
+    if index_current && policy.is_none() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    let (mut records, mut rewritten) = (0usize, 0usize);
+    if !index_current {
+        for item in db.scan_prefix([keys::VALUE]) {
+            let (k, _) = item.map_err(io)?;
+            batch.remove(k);
+            pending += 1;
+            if pending >= 4096 {
+                db.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+                pending = 0;
+            }
+        }
+    }
+    for item in db.scan_prefix([keys::HANDLE]) {
+        let (k, v) = item.map_err(io)?;
+        let Ok(key) = std::str::from_utf8(&k[1..]) else {
+            continue;
+        };
+        let Ok(mut values) = RecordBytes::from_ivec(v).values() else {
+            continue;
+        };
+        records += 1;
+        let before = (!index_current)
+            .then(Vec::new)
+            .unwrap_or_else(|| index::entries(key, &values));
+        if let Some(p) = policy {
+            if p.prepare(key, &mut values) {
+                rewritten += 1;
+                batch.insert(k.clone(), RecordBytes::encode(&values));
+                pending += 1;
+            }
+        }
+        let after = index::entries(key, &values);
+        for e in &before {
+            if after.binary_search(e).is_err() {
+                batch.remove(e.as_slice());
+                pending += 1;
+            }
+        }
+        for e in after {
+            if before.binary_search(&e).is_err() {
+                batch.insert(e, &[][..]);
+                pending += 1;
+            }
+        }
+        if pending >= 4096 {
+            db.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+            pending = 0;
+        }
+    }
+    batch.insert(keys::META_INDEX_VERSION, &2u32.to_be_bytes());
+    if policy.is_some() {
+        batch.insert(keys::META_POLICY_APPLIED, &[1u8][..]);
+    }
+    db.apply_batch(batch).map_err(io)?;
+    db.flush().map_err(io)?;
+    tracing::info!(
+        records,
+        rewritten,
+        index_rebuilt = !index_current,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "store brought up to date"
+    );
+    Ok(())
 }
 
 struct Job {
@@ -126,6 +264,8 @@ impl SledStore {
                 }
             }
         }
+        migrate(&db, config.value_policy.as_deref())?;
+        let cursors = CursorCipher::open(&db)?;
         let last_seq = read_u64(&db, keys::META_LAST_SEQ)?;
         let handle_count = read_u64(&db, keys::META_HANDLE_COUNT)? as usize;
         let mut prefixes = HashMap::new();
@@ -148,6 +288,8 @@ impl SledStore {
             prefixes: RwLock::new(Arc::new(prefixes)),
             cache: ReadCache::new(config.read_cache_bytes),
             closing: AtomicBool::new(false),
+            value_policy: config.value_policy.clone(),
+            cursors,
         });
         if config.read_cache_bytes > 0 {
             let fill_shared = Arc::clone(&shared);
@@ -371,6 +513,16 @@ impl<'s> Group<'s> {
                 }));
             }
         }
+        // Preconditions are judged against the state the request is about
+        // to be applied to: everything committed, and every earlier
+        // request of this group.
+        for m in &req.mutations {
+            if let Mutation::Require { guard } = m {
+                if let Err(denied) = guard.check(&GroupView(self), &req.mutations) {
+                    return Ok(Err(MutationError::Denied(denied)));
+                }
+            }
+        }
         // Stage the request's effects locally; merge only if all succeed.
         // Each handle is read once: its state before the request (for the
         // index and the count) and its state after each mutation.
@@ -394,6 +546,7 @@ impl<'s> Group<'s> {
                     aux.push((keys::aux(&space, &key), None));
                     continue;
                 }
+                Mutation::Require { .. } => continue,
                 ref other => match other.handle() {
                     Some(h) => h.clone(),
                     None => continue,
@@ -416,10 +569,13 @@ impl<'s> Group<'s> {
             let Some(t) = touched.get_mut(key) else {
                 continue;
             };
-            let new = match apply_mutation(m, t.after.take())? {
+            let mut new = match apply_mutation(m, t.after.take())? {
                 Ok(new) => new,
                 Err(e) => return Ok(Err(e)),
             };
+            if let (Some(values), Some(policy)) = (&mut new, &self.shared.value_policy) {
+                policy.prepare(key, values);
+            }
             if let Some(values) = &new {
                 if let Err(source) = validate_values(values) {
                     return Ok(Err(MutationError::Invalid {
@@ -546,6 +702,16 @@ impl<'s> Group<'s> {
     }
 }
 
+/// The state seen by a [`crate::WriteGuard`]: the group's own changes, then
+/// what is committed.
+struct GroupView<'g, 's>(&'g Group<'s>);
+
+impl StateView for GroupView<'_, '_> {
+    fn values(&self, key: &str) -> Result<Option<Vec<HandleValue>>, StoreError> {
+        self.0.current(key)
+    }
+}
+
 /// The values a handle has after `m`, `None` if it no longer exists;
 /// `current` is its state before.
 fn apply_mutation(
@@ -619,9 +785,11 @@ fn apply_mutation(
             }
             Ok(Some(cur))
         }
-        // Auxiliary data is staged by the caller and never reaches here;
-        // should it, the handle keeps its values.
-        Mutation::PutAux { .. } | Mutation::DeleteAux { .. } => Ok(current),
+        // Auxiliary data and preconditions are handled by the caller and
+        // never reach here; should they, the handle keeps its values.
+        Mutation::PutAux { .. } | Mutation::DeleteAux { .. } | Mutation::Require { .. } => {
+            Ok(current)
+        }
     })
 }
 
@@ -1001,7 +1169,7 @@ impl Store for SledStore {
         let mut lit = tp.clone();
         lit.extend_from_slice(&index::literal_start(pattern));
         let end = keys::prefix_end(&lit);
-        let from = match cursor.and_then(hex_decode) {
+        let from = match cursor.and_then(|c| self.shared.cursors.unseal(c)) {
             Some(mut k) if k.starts_with(&lit) => {
                 k.push(0);
                 k
@@ -1022,7 +1190,7 @@ impl Store for SledStore {
             if !seen.contains(handle) {
                 if page.handles.len() == limit {
                     // Something lies beyond this page: say where it ended.
-                    page.next = last_taken.as_deref().map(hex_encode);
+                    page.next = last_taken.as_deref().map(|k| self.shared.cursors.seal(k));
                     break;
                 }
                 seen.insert(handle.to_vec());

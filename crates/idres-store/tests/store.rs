@@ -572,3 +572,137 @@ fn a_large_group_commits_in_several_batches_with_one_consistent_log() {
     assert_eq!(s.handle_count(), 3000);
     assert_eq!(s.changes(2999, 10).unwrap().len(), 2);
 }
+
+/// Refuses a request unless handle `88/FLAG` has a value at index 1: a
+/// precondition that depends on another record, as permissions do.
+#[derive(Debug)]
+struct NeedsFlag;
+
+impl idres_store::WriteGuard for NeedsFlag {
+    fn check(
+        &self,
+        state: &dyn idres_store::StateView,
+        _mutations: &[Mutation],
+    ) -> Result<(), idres_store::Denied> {
+        let flag = state.values("88/FLAG").unwrap_or(None);
+        if flag.is_some_and(|v| v.iter().any(|v| v.index == 1)) {
+            Ok(())
+        } else {
+            Err(idres_store::Denied {
+                kind: idres_store::DeniedKind::InsufficientPermissions,
+                message: "no flag".into(),
+            })
+        }
+    }
+}
+
+fn guarded(handle: &str) -> WriteRequest {
+    WriteRequest {
+        mutations: vec![
+            Mutation::Require {
+                guard: Arc::new(NeedsFlag),
+            },
+            Mutation::Put {
+                handle: h(handle),
+                values: vec![url(1, "https://guarded.example/")],
+            },
+        ],
+        idempotency_key: None,
+    }
+}
+
+#[test]
+fn preconditions_are_judged_against_the_state_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(dir.path()));
+    let refused = s.write(guarded("88/G1")).unwrap();
+    assert!(matches!(refused, Err(MutationError::Denied(_))));
+    assert!(
+        s.get("88/G1").unwrap().is_none(),
+        "nothing of a refused request is written"
+    );
+    // Queued in one group behind the write that sets the flag, and then
+    // behind the one that clears it: each sees the state before it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let submit = |req: WriteRequest, tag: &'static str| {
+        let tx = tx.clone();
+        s.submit(
+            req,
+            Box::new(move |o| {
+                tx.send((tag, o.unwrap().is_ok())).unwrap();
+            }),
+        );
+    };
+    submit(
+        WriteRequest::one(Mutation::Put {
+            handle: h("88/FLAG"),
+            values: vec![url(1, "on")],
+        }),
+        "set",
+    );
+    submit(guarded("88/G2"), "g2");
+    submit(
+        WriteRequest::one(Mutation::Delete {
+            handle: h("88/FLAG"),
+        }),
+        "clear",
+    );
+    submit(guarded("88/G3"), "g3");
+    let mut got: Vec<_> = (0..4).map(|_| rx.recv().unwrap()).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("clear", true), ("g2", true), ("g3", false), ("set", true)]
+    );
+    assert!(s.get("88/G2").unwrap().is_some());
+    assert!(s.get("88/G3").unwrap().is_none());
+}
+
+#[test]
+fn private_values_are_never_indexed_and_cursors_are_opaque() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut private = HandleValue::new(2, "EMAIL", "secret-person@example.cn");
+    private.permissions = idres_model::Permissions(0x0C);
+    put(
+        &s,
+        "88/P",
+        vec![HandleValue::new(1, "EMAIL", "public@example.cn"), private],
+    );
+    for i in 0..5 {
+        put(
+            &s,
+            &format!("88/Q{i}"),
+            vec![HandleValue::new(1, "EMAIL", format!("q{i}@example.cn"))],
+        );
+    }
+    let hits = s.find_by_value("EMAIL", "*secret*", None, 10).unwrap();
+    assert!(hits.handles.is_empty());
+    assert_eq!(s.count_by_value("EMAIL", "*secret*").unwrap(), 0);
+    assert_eq!(s.count_by_value("EMAIL", "*public*").unwrap(), 1);
+    let page = s.find_by_value("EMAIL", "*example.cn", None, 2).unwrap();
+    let cursor = page.next.unwrap();
+    assert!(!cursor.contains(&hex_of(b"example")), "{cursor}");
+    assert!(!cursor.contains(&hex_of(b"88/")), "{cursor}");
+    let mut all = page.handles.clone();
+    let mut next = Some(cursor);
+    while let Some(c) = next {
+        let p = s
+            .find_by_value("EMAIL", "*example.cn", Some(&c), 2)
+            .unwrap();
+        all.extend(p.handles);
+        next = p.next;
+    }
+    assert_eq!(all.len(), 6);
+    // A forged cursor starts from the beginning rather than anywhere it
+    // names.
+    let forged = hex_of(b"vEMAIL\0q3@example.cn\088/Q3");
+    let p = s
+        .find_by_value("EMAIL", "*example.cn", Some(&forged), 2)
+        .unwrap();
+    assert_eq!(p.handles, page.handles);
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
