@@ -128,11 +128,11 @@ class Node:
                 self.proc.wait(timeout=5)
 
 
-def start_node(directory, tls=None, iterations=None):
+def start_node(directory, tls=None):
     """Initialises prefix 88.118.8 with ADMIN/SECRET and serves HTTP(S).
 
     `tls` is the dict of `make_pki` (HTTPS with its CA as client CA) or None
-    (plain HTTP). `iterations` sets the PBKDF2 rounds of stored secrets.
+    (plain HTTP).
     """
     assert os.path.exists(IDRES), f"build the binary first: {IDRES}"
     data = os.path.join(directory, "data")
@@ -141,14 +141,10 @@ def start_node(directory, tls=None, iterations=None):
         f.write(SECRET + "\n")
     init = [IDRES, "init-prefix", "--data-dir", data, "--prefix", PREFIX, "--admin", ADMIN,
             "--secret-file", secret_file]
-    if iterations:
-        init += ["--iterations", str(iterations)]
     subprocess.run(init, check=True, timeout=60, capture_output=True)
     config = os.path.join(directory, "idres.toml")
     with open(config, "w") as f:
         f.write("[http]\n")
-        if iterations:
-            f.write(f"secret_iterations = {iterations}\n")
         if tls:
             f.write(f'tls_cert = "{tls["server_cert"]}"\ntls_key = "{tls["server_key"]}"\n'
                     f'client_ca = "{tls["ca"]}"\n')

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    n = start_node(str(tmp_path_factory.mktemp("web")), iterations=1000)
+    n = start_node(str(tmp_path_factory.mktemp("web")))
     try:
         records = {
             "PUMP-1": [

@@ -31,7 +31,7 @@ def schemathesis_cmd():
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
-    n = start_node(str(tmp_path_factory.mktemp("schema")), iterations=1000)
+    n = start_node(str(tmp_path_factory.mktemp("schema")))
     try:
         yield n
     finally:

@@ -17,7 +17,18 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
+use idres_model::{types, HandleValue};
+use idres_store::StateView;
 use rand::RngCore as _;
+use sha1::{Digest as _, Sha1};
+use sha2::Sha256;
+use sm3::Sm3;
+use subtle::ConstantTimeEq as _;
+
+use crate::identity::Identity;
+use crate::pubkey::{HashAlg, KeyError, PublicKey};
+use crate::secret::SecretBox;
 
 /// Bytes of a nonce.
 pub const NONCE_LEN: usize = 16;
@@ -181,6 +192,87 @@ mod tests {
         assert_eq!(c.take(s2).unwrap().nonce, n2);
     }
 
+    use crate::secret::SecretBox;
+    use idres_model::Handle;
+    use std::collections::HashMap;
+
+    struct Map(HashMap<String, Vec<HandleValue>>);
+    impl StateView for Map {
+        fn values(&self, key: &str) -> Result<Option<Vec<HandleValue>>, idres_store::StoreError> {
+            Ok(self.0.get(key).cloned())
+        }
+    }
+
+    fn put(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+
+    /// Answers computed by Python's hashlib and hmac for the secret
+    /// `s3cret`, salt 00..0f, nonce 64..73 and digest SHA-256("request").
+    #[test]
+    fn secret_key_answers_match_an_independent_computation() {
+        let secrets = SecretBox::from_key(&[9; 32]);
+        let mut m = HashMap::new();
+        m.insert(
+            "88/ADMIN".to_string(),
+            vec![HandleValue::new(300, "HS_SECKEY", secrets.seal(b"s3cret"))],
+        );
+        let state = Map(m);
+        let who = Identity {
+            index: 300,
+            handle: Handle::parse("88/ADMIN").unwrap(),
+        };
+        let nonce: Vec<u8> = (100..116).collect();
+        let mut typed = vec![3u8];
+        typed.extend_from_slice(&Sha256::digest(b"request"));
+        let mut pbkdf2 = vec![SECKEY_PBKDF2_HMAC_SHA1];
+        put(&mut pbkdf2, &(0..16).collect::<Vec<u8>>());
+        pbkdf2.extend_from_slice(&10_000u32.to_be_bytes());
+        pbkdf2.extend_from_slice(&160u32.to_be_bytes());
+        put(
+            &mut pbkdf2,
+            &hex::decode("1e905b680ea78735cebcc0fc24836dd35430f6c6").unwrap(),
+        );
+        let check = |answer: &[u8]| {
+            verify_answer(&state, &secrets, &who, "HS_SECKEY", answer, &nonce, &typed)
+        };
+        check(&pbkdf2).unwrap();
+        let mut sha1 = vec![SECKEY_SHA1];
+        sha1.extend(hex::decode("3fed8da10d2daf375ee4d4a99291d43d3380a5d7").unwrap());
+        check(&sha1).unwrap();
+        let mut wrong = pbkdf2.clone();
+        let last = wrong.len() - 1;
+        wrong[last] ^= 1;
+        assert!(matches!(check(&wrong), Err(AnswerError::Failed(_))));
+        sha1[5] ^= 1;
+        assert!(matches!(check(&sha1), Err(AnswerError::Failed(_))));
+        assert!(matches!(
+            check(&[0x77, 1, 2]),
+            Err(AnswerError::InvalidCredential(_))
+        ));
+        let nobody = Identity {
+            index: 300,
+            handle: Handle::parse("88/NOBODY").unwrap(),
+        };
+        assert!(matches!(
+            verify_answer(
+                &state,
+                &secrets,
+                &nobody,
+                "HS_SECKEY",
+                &pbkdf2,
+                &nonce,
+                &typed
+            ),
+            Err(AnswerError::InvalidAdmin(_))
+        ));
+        assert!(matches!(
+            verify_answer(&state, &secrets, &who, "HS_PUBKEY", &pbkdf2, &nonce, &typed),
+            Err(AnswerError::InvalidAdmin(_))
+        ));
+    }
+
     #[test]
     fn expiry_and_bounds() {
         let c = Challenges::new(Duration::from_millis(30), 4, 2);
@@ -193,5 +285,312 @@ mod tests {
         assert_eq!(c.issue(A, vec![], 3), Err(Busy), "per-peer bound");
         c.issue(B, vec![], 4).unwrap();
         assert_eq!(c.issue(B, vec![], 5), Err(Busy), "table bound");
+    }
+}
+
+/// Why an answer to a challenge was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    /// The identity named does not exist, or has no key at that index.
+    #[error("{0}")]
+    InvalidAdmin(String),
+    /// The proof does not check (wrong secret, wrong key).
+    #[error("{0}")]
+    Failed(String),
+    /// The answer or the stored key cannot be used.
+    #[error("{0}")]
+    InvalidCredential(String),
+    /// The identity's record could not be read.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// Type of a secret-key answer: MD5(key ‖ nonce ‖ digest ‖ key).
+pub const SECKEY_MD5: u8 = 0x01;
+/// SHA-1(key ‖ nonce ‖ digest ‖ key).
+pub const SECKEY_SHA1: u8 = 0x02;
+/// SHA-256(key ‖ nonce ‖ digest ‖ key).
+pub const SECKEY_SHA256: u8 = 0x03;
+/// HMAC-SHA1(key, nonce ‖ digest).
+pub const SECKEY_HMAC_SHA1: u8 = 0x12;
+/// HMAC-SHA256(key, nonce ‖ digest).
+pub const SECKEY_HMAC_SHA256: u8 = 0x13;
+/// HMAC-SHA1 under PBKDF2-HMAC-SHA1(key, salt, iterations): salt,
+/// iterations and key length travel in the answer (Handle.Net 8 and later).
+pub const SECKEY_PBKDF2_HMAC_SHA1: u8 = 0x22;
+/// Most PBKDF2 iterations an answer may ask the node to compute.
+pub const MAX_ANSWER_ITERATIONS: u32 = 1_000_000;
+
+/// Checks the answer of `identity` to a challenge with `nonce`, whose
+/// digest was sent as `typed_digest` (type byte and digest, or the old
+/// int4-length form). `auth_type` is `HS_SECKEY` or `HS_PUBKEY`; an index
+/// of 0 tries every key of that type in the identity's record.
+pub fn verify_answer(
+    state: &dyn StateView,
+    secrets: &SecretBox,
+    identity: &Identity,
+    auth_type: &str,
+    answer: &[u8],
+    nonce: &[u8],
+    typed_digest: &[u8],
+) -> Result<(), AnswerError> {
+    let secret = if auth_type.eq_ignore_ascii_case(types::HS_SECKEY) {
+        true
+    } else if auth_type.eq_ignore_ascii_case(types::HS_PUBKEY) {
+        false
+    } else {
+        return Err(AnswerError::InvalidCredential(format!(
+            "authentication type {auth_type:?} is not supported; use HS_SECKEY or HS_PUBKEY"
+        )));
+    };
+    let values = state
+        .values(identity.handle.key())
+        .map_err(|e| AnswerError::Storage(e.to_string()))?
+        .ok_or_else(|| {
+            AnswerError::InvalidAdmin(format!(
+                "identity handle {} does not exist here",
+                identity.handle
+            ))
+        })?;
+    let wanted = if secret {
+        types::HS_SECKEY
+    } else {
+        types::HS_PUBKEY
+    };
+    let keys: Vec<&HandleValue> = values
+        .iter()
+        .filter(|v| {
+            (identity.index == 0 || v.index == identity.index)
+                && v.value_type.eq_ignore_ascii_case(wanted)
+        })
+        .collect();
+    if keys.is_empty() {
+        return Err(AnswerError::InvalidAdmin(format!(
+            "{identity} holds no {wanted} value"
+        )));
+    }
+    let digest = raw_digest(typed_digest);
+    let mut last = AnswerError::Failed(format!("authentication as {identity} failed"));
+    for key in keys {
+        let outcome = if secret {
+            check_secret(secrets, &key.data, answer, nonce, digest)
+        } else {
+            check_signature(&key.data, answer, nonce, digest, identity.handle.as_str())
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(AnswerError::Failed(_)) => {}
+            Err(e) => last = e,
+        }
+    }
+    Err(match last {
+        AnswerError::Failed(_) => AnswerError::Failed(format!(
+            "authentication as {identity} failed: wrong {}",
+            if secret { "secret key" } else { "signature" }
+        )),
+        other => other,
+    })
+}
+
+/// The digest bytes inside a digest as a challenge carries it: a type byte
+/// (1 MD5, 2 SHA-1, 3 SHA-256) and the digest, or (type 0) an int4 length
+/// and the digest.
+pub fn raw_digest(typed: &[u8]) -> &[u8] {
+    match typed.first() {
+        Some(0) => typed.get(4..).unwrap_or(&[]),
+        Some(_) => &typed[1..],
+        None => &[],
+    }
+}
+
+fn check_secret(
+    secrets: &SecretBox,
+    stored: &[u8],
+    answer: &[u8],
+    nonce: &[u8],
+    digest: &[u8],
+) -> Result<(), AnswerError> {
+    let Some(key) = secrets.open(stored) else {
+        return Err(AnswerError::InvalidCredential(
+            if crate::secret::is_legacy_hash(stored) {
+                "the identity's HS_SECKEY is stored as a one-way hash, which the Handle \
+                 protocol cannot check; set the secret key again to use it here"
+            } else {
+                "the identity's HS_SECKEY is not sealed under this node's secrets key"
+            }
+            .into(),
+        ));
+    };
+    let failed = || AnswerError::Failed(String::new());
+    let bad = |m: &str| AnswerError::InvalidCredential(format!("secret-key answer: {m}"));
+    let (&kind, rest) = answer.split_first().ok_or_else(|| bad("empty"))?;
+    let expected: Vec<u8> = match kind {
+        SECKEY_PBKDF2_HMAC_SHA1 => {
+            let mut r = Fields(rest);
+            let salt = r.bytes(1024).ok_or_else(|| bad("no salt"))?;
+            let iterations = r.u32().ok_or_else(|| bad("no iteration count"))?;
+            let key_bits = r.u32().ok_or_else(|| bad("no key length"))?;
+            let mac = r.bytes(64).ok_or_else(|| bad("no MAC"))?;
+            if !r.0.is_empty() {
+                return Err(bad("trailing bytes"));
+            }
+            if iterations == 0 || iterations > MAX_ANSWER_ITERATIONS {
+                return Err(bad("iteration count out of range"));
+            }
+            if key_bits == 0 || key_bits % 8 != 0 || key_bits > 512 {
+                return Err(bad("key length out of range"));
+            }
+            // The reference client hands PBKDF2 the secret's bytes as
+            // Latin-1 characters, which the JCE encodes as UTF-8.
+            let password: String = key.iter().map(|b| char::from(*b)).collect();
+            let mut dk = vec![0u8; (key_bits / 8) as usize];
+            pbkdf2::pbkdf2_hmac::<Sha1>(password.as_bytes(), salt, iterations, &mut dk);
+            let mut h = <Hmac<Sha1> as Mac>::new_from_slice(&dk).map_err(|_| failed())?;
+            h.update(nonce);
+            h.update(digest);
+            return if h.verify_slice(mac).is_ok() {
+                Ok(())
+            } else {
+                Err(failed())
+            };
+        }
+        SECKEY_HMAC_SHA1 | SECKEY_HMAC_SHA256 => {
+            let given = rest;
+            let ok = if kind == SECKEY_HMAC_SHA1 {
+                let mut h = <Hmac<Sha1> as Mac>::new_from_slice(&key).map_err(|_| failed())?;
+                h.update(nonce);
+                h.update(digest);
+                h.verify_slice(given).is_ok()
+            } else {
+                let mut h = <Hmac<Sha256> as Mac>::new_from_slice(&key).map_err(|_| failed())?;
+                h.update(nonce);
+                h.update(digest);
+                h.verify_slice(given).is_ok()
+            };
+            return if ok { Ok(()) } else { Err(failed()) };
+        }
+        SECKEY_SHA1 => {
+            let mut h = Sha1::new();
+            h.update(&key);
+            h.update(nonce);
+            h.update(digest);
+            h.update(&key);
+            let mut v = vec![kind];
+            v.extend_from_slice(&h.finalize());
+            v
+        }
+        SECKEY_SHA256 => {
+            let mut h = Sha256::new();
+            h.update(&key);
+            h.update(nonce);
+            h.update(digest);
+            h.update(&key);
+            let mut v = vec![kind];
+            v.extend_from_slice(&h.finalize());
+            v
+        }
+        SECKEY_MD5 => {
+            let mut h = md5::Md5::new();
+            h.update(&key);
+            h.update(nonce);
+            h.update(digest);
+            h.update(&key);
+            let mut v = vec![kind];
+            v.extend_from_slice(&h.finalize());
+            v
+        }
+        _ if answer.len() == 16 => {
+            // Protocol 2.0: a bare MD5(key ‖ nonce ‖ digest ‖ key).
+            let mut h = md5::Md5::new();
+            h.update(&key);
+            h.update(nonce);
+            h.update(digest);
+            h.update(&key);
+            h.finalize().to_vec()
+        }
+        other => return Err(bad(&format!("unknown answer type 0x{other:02x}"))),
+    };
+    if bool::from(expected.as_slice().ct_eq(answer)) {
+        Ok(())
+    } else {
+        Err(failed())
+    }
+}
+
+fn check_signature(
+    key_data: &[u8],
+    answer: &[u8],
+    nonce: &[u8],
+    digest: &[u8],
+    identity_handle: &str,
+) -> Result<(), AnswerError> {
+    let bad = |m: &str| AnswerError::InvalidCredential(format!("public-key answer: {m}"));
+    let mut r = Fields(answer);
+    let hash_name = r.bytes(64).ok_or_else(|| bad("no hash name"))?;
+    let signature = r.bytes(16 * 1024).ok_or_else(|| bad("no signature"))?;
+    if !r.0.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    let key = PublicKey::from_hs_pubkey(key_data)
+        .map_err(|e| AnswerError::InvalidCredential(format!("the identity's HS_PUBKEY: {e}")))?;
+    let hash = match hash_name {
+        [2] => Some(HashAlg::Sha1),
+        [3] => Some(HashAlg::Sha256),
+        name => std::str::from_utf8(name).ok().and_then(HashAlg::parse),
+    }
+    .ok_or_else(|| {
+        bad(&format!(
+            "hash {:?} is not supported",
+            String::from_utf8_lossy(hash_name)
+        ))
+    })?;
+    let checked = match (&key, hash) {
+        // id-pointer-sdk signs SM3(nonce ‖ digest) with the admin handle
+        // as SM2 user id; accept the message unhashed and the default id
+        // too.
+        (PublicKey::Sm2(_), HashAlg::Sm3) => {
+            let pre = Sm3::digest([nonce, digest].concat());
+            [(&pre[..], Some(identity_handle)), (&pre[..], None)]
+                .iter()
+                .any(|(m, id)| key.verify(hash, &[m], signature, *id).is_ok())
+                || key
+                    .verify(hash, &[nonce, digest], signature, Some(identity_handle))
+                    .is_ok()
+                || key.verify(hash, &[nonce, digest], signature, None).is_ok()
+        }
+        _ => match key.verify(hash, &[nonce, digest], signature, None) {
+            Ok(()) => true,
+            Err(KeyError::BadHash(h)) => {
+                return Err(bad(&format!(
+                    "hash {h} cannot be used with an {} key",
+                    key.algorithm()
+                )))
+            }
+            Err(_) => false,
+        },
+    };
+    if checked {
+        Ok(())
+    } else {
+        Err(AnswerError::Failed(String::new()))
+    }
+}
+
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn u32(&mut self) -> Option<u32> {
+        let (a, b) = self.0.split_first_chunk::<4>()?;
+        self.0 = b;
+        Some(u32::from_be_bytes(*a))
+    }
+    fn bytes(&mut self, max: usize) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        if n > max || n > self.0.len() {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
     }
 }

@@ -27,8 +27,8 @@ use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use idres_model::{json, types, validate_values, Handle, HandleValue, Permissions, Prefix};
+use idres_auth::PermissionGuard;
+use idres_model::{json, types, validate_values, Handle, HandleValue, Prefix};
 use idres_store::{Committed, Mutation, MutationError, Store, WriteRequest};
 use idres_wire::ResponseCode;
 use rand::RngCore as _;
@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use crate::auth::{self, load, Caller, Op};
 use crate::error::json_response;
 use crate::query::Query;
-use crate::{secret, ApiError, App, ConnInfo};
+use crate::{ApiError, App, ConnInfo};
 
 /// Handles per store read while listing.
 const LIST_CHUNK: usize = 10_000;
@@ -88,8 +88,15 @@ pub(crate) async fn write(
     }
 }
 
-async fn write_one(store: &Arc<dyn Store>, m: Mutation, raw: &str) -> Result<(), ApiError> {
-    match write(store, WriteRequest::one(m)).await? {
+/// Writes `m` for `caller`: the store's writer decides the caller's
+/// permission against the state it applies the write to.
+async fn write_one(
+    store: &Arc<dyn Store>,
+    caller: &Caller,
+    m: Mutation,
+    raw: &str,
+) -> Result<(), ApiError> {
+    match write(store, PermissionGuard::request(caller, vec![m])).await? {
         Ok(_) => Ok(()),
         Err(e) => Err(ApiError::from(&e).about(raw)),
     }
@@ -228,21 +235,12 @@ fn parse_values(body: &[u8], now: u32) -> Result<Vec<HandleValue>, ApiError> {
     json::values_from_json(&list, now).map_err(|e| invalid(e.to_string()))
 }
 
-/// Makes values fit to store: stamps them with `now`, replaces the data of
-/// HS_SECKEY values by a salted hash (unless already hashed) and takes
-/// away their public-read bit, so that neither a secret nor its hash is
-/// ever served to anyone but an administrator.
-pub fn prepare_values(values: &mut [HandleValue], now: u32, iterations: u32) {
+/// Stamps values with `now`. Secret keys need nothing here: the store's
+/// writer seals every HS_SECKEY and takes away its public read, whatever
+/// face writes it ([`idres_auth::secret`]).
+pub fn prepare_values(values: &mut [HandleValue], now: u32) {
     for v in values {
         v.timestamp = now;
-        if v.value_type.eq_ignore_ascii_case(types::HS_SECKEY) {
-            if !secret::is_hashed(&v.data) {
-                v.data = Bytes::from(secret::hash_secret(&v.data, iterations));
-            }
-            v.permissions = Permissions(
-                v.permissions.0 & !Permissions::PUBLIC_READ & !Permissions::PUBLIC_WRITE,
-            );
-        }
     }
 }
 
@@ -331,7 +329,7 @@ async fn put_inner(app: &App, req: Request) -> Result<Response, ApiError> {
         raw.push_str(&uuid_v4());
     }
     let handle = parse_handle(&raw)?;
-    prepare_values(&mut values, now, app.auth.iterations());
+    prepare_values(&mut values, now);
     if mint {
         return create(app, &caller, &handle, values, &raw).await;
     }
@@ -374,6 +372,7 @@ async fn create(
     auth::require(&app.store, caller, handle, None, &[Op::Create])?;
     write_one(
         &app.store,
+        caller,
         Mutation::Create {
             handle: handle.clone(),
             values,
@@ -398,6 +397,7 @@ async fn put_record(
         auth::require(&app.store, caller, handle, None, &[Op::Create])?;
         write_one(
             &app.store,
+            caller,
             Mutation::Create {
                 handle: handle.clone(),
                 values,
@@ -439,6 +439,7 @@ async fn put_record(
     auth::require(&app.store, caller, handle, Some(&old), &ops)?;
     write_one(
         &app.store,
+        caller,
         Mutation::Put {
             handle: handle.clone(),
             values,
@@ -499,10 +500,7 @@ async fn put_values(
         });
     }
     if !mutations.is_empty() {
-        let request = WriteRequest {
-            mutations,
-            idempotency_key: None,
-        };
+        let request = PermissionGuard::request(caller, mutations);
         if let Err(e) = write(&app.store, request).await? {
             return Err(ApiError::from(&e).about(raw));
         }
@@ -541,7 +539,7 @@ async fn delete_inner(app: &App, parts: &Parts) -> Result<Response, ApiError> {
     })?;
     if indexes.is_empty() {
         auth::require(&app.store, &caller, &handle, Some(&old), &[Op::Delete])?;
-        write_one(&app.store, Mutation::Delete { handle }, &raw).await?;
+        write_one(&app.store, &caller, Mutation::Delete { handle }, &raw).await?;
         return Ok(success(StatusCode::OK, &raw));
     }
     let mut ops = Vec::new();
@@ -560,7 +558,13 @@ async fn delete_inner(app: &App, parts: &Parts) -> Result<Response, ApiError> {
     let mut indexes = indexes;
     indexes.sort_unstable();
     indexes.dedup();
-    write_one(&app.store, Mutation::RemoveValues { handle, indexes }, &raw).await?;
+    write_one(
+        &app.store,
+        &caller,
+        Mutation::RemoveValues { handle, indexes },
+        &raw,
+    )
+    .await?;
     Ok(success(StatusCode::OK, &raw))
 }
 
@@ -682,24 +686,6 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert_eq!(e.rc, ResponseCode::INVALID_VALUE);
         }
-    }
-
-    #[test]
-    fn secrets_are_hashed_and_hidden() {
-        let mut v = vec![
-            HandleValue::new(300, "HS_SECKEY", "pw"),
-            HandleValue::new(1, "URL", "http://x"),
-        ];
-        prepare_values(&mut v, 5, secret::MIN_ITERATIONS);
-        assert!(secret::is_hashed(&v[0].data));
-        assert!(!v[0].permissions.public_read());
-        assert_eq!(secret::verify(&v[0].data, b"pw"), secret::Verdict::Match);
-        assert_eq!(&v[1].data[..], b"http://x");
-        assert_eq!((v[0].timestamp, v[1].timestamp), (5, 5));
-        // A hash written back stays as it is.
-        let kept = v[0].data.clone();
-        prepare_values(&mut v, 6, secret::MIN_ITERATIONS);
-        assert_eq!(v[0].data, kept);
     }
 
     #[test]

@@ -1,16 +1,16 @@
-//! Who is calling, and what they may do.
+//! Who is calling over HTTP.
 //!
 //! **Authentication.** A request names an identity `index:handle` (the
 //! value at `index` of `handle` holds its key) in one of two ways:
 //!
 //! - HTTP Basic, user `index%3Ahandle` (percent-encoded, since Basic
 //!   splits user and password at the first colon) and the secret key as
-//!   password. The identity's value must be an HS_SECKEY holding a hash
-//!   ([`crate::secret`]); the password is hashed and compared in constant
-//!   time. Successful checks are remembered for a few minutes under a keyed
-//!   digest of identity, stored hash and password, so that a client making
-//!   many requests does not pay the slow hash each time; a changed secret
-//!   changes the stored hash and so misses the cache.
+//!   password, compared in constant time with the identity's sealed
+//!   HS_SECKEY ([`idres_auth::secret`]). A secret stored as a one-way hash
+//!   by earlier versions is checked against its hash and then sealed, once
+//!   the right password has been shown. Successful checks are remembered
+//!   for a few minutes under a keyed digest of identity, stored data and
+//!   password; a changed secret changes the stored data and so misses.
 //! - A TLS client certificate, verified against the configured client CA,
 //!   whose subject CN or UID is `index:handle` (`Authorization: Handle
 //!   clientCert="true"` may say so explicitly, as Handle.Net clients do).
@@ -18,22 +18,14 @@
 //! Wrong or unusable credentials are refused (401) whatever the request;
 //! after repeated failures for one identity from one address, further
 //! attempts from there are refused unchecked for a while, which bounds
-//! online guessing and the hashing work strangers can cause;
-//! a request without credentials is anonymous and may only read public
-//! values.
+//! online guessing and the work strangers can cause; a request without
+//! credentials is anonymous and may only read public values.
 //!
-//! **Permission.** An identity may change a handle when an HS_ADMIN value
-//! of the handle itself, or of its prefix record `0.NA/<prefix>`, names it
-//! with the needed bit (RFC 3651 §3.2.1). An HS_ADMIN names an identity
-//! directly (same handle; same index, or index 0 for any), or through an
-//! HS_VLIST group: the HS_ADMIN points at an HS_VLIST value whose members
-//! are identities or further groups, followed up to [`MAX_GROUP_DEPTH`]
-//! levels with cycles cut. For a prefix record `0.NA/<P>` the governing
-//! record is that of the parent prefix (`0.NA/0.NA` above a top-level
-//! prefix): creating or deleting `0.NA/<P>` needs the parent's
-//! add/delete-derived-prefix bit.
+//! **Permission** is the node's one policy, [`idres_auth::policy`]:
+//! [`require`] asks it for reads, and writes carry it to the store's
+//! writer as a precondition.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
@@ -42,75 +34,23 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderMap};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use idres_model::{types, AdminPermissions, AdminRef, Handle, HandleValue, Prefix, ValueList};
+use idres_model::{types, Handle, HandleValue};
 use idres_store::Store;
 use idres_wire::ResponseCode;
 use rand::RngCore as _;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use crate::secret::{self, Verdict};
+use idres_auth::{SecretBox, StoreView, Verdict};
+
 use crate::{ApiError, ConnInfo};
 
-/// Deepest HS_VLIST nesting followed.
-pub const MAX_GROUP_DEPTH: usize = 8;
-/// Most records read while resolving one permission question.
-const MAX_LOOKUPS: usize = 256;
 /// How long a successful password check is remembered.
 const CACHE_TTL: Duration = Duration::from_secs(300);
 /// Most remembered checks.
 const CACHE_MAX: usize = 4096;
 
-/// An administrator identity: the value `index` of `handle`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// Index of the key value.
-    pub index: u32,
-    /// The identity's handle.
-    pub handle: Handle,
-}
-
-impl Identity {
-    /// Parses `300:88.118.8/ADMIN`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (index, handle) = s
-            .split_once(':')
-            .ok_or_else(|| format!("identity {s:?} is not of the form index:handle"))?;
-        let index = index
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|i| *i > 0)
-            .ok_or_else(|| format!("identity {s:?} has no valid index before ':'"))?;
-        let handle = Handle::parse(handle).map_err(|e| format!("identity {s:?}: {e}"))?;
-        Ok(Self { index, handle })
-    }
-}
-
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.index, self.handle)
-    }
-}
-
-/// The party behind a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// No credentials were presented.
-    Anonymous,
-    /// Credentials were presented and checked.
-    Authenticated(Identity),
-}
-
-impl Caller {
-    /// The identity, if authenticated.
-    pub fn identity(&self) -> Option<&Identity> {
-        match self {
-            Caller::Anonymous => None,
-            Caller::Authenticated(i) => Some(i),
-        }
-    }
-}
+pub use idres_auth::{Caller, Identity, Op};
 
 fn unauthorized(rc: ResponseCode, message: impl Into<String>) -> ApiError {
     ApiError::new(rc, message)
@@ -118,7 +58,7 @@ fn unauthorized(rc: ResponseCode, message: impl Into<String>) -> ApiError {
 
 /// Checks credentials; shared by all requests of a node.
 pub struct Authenticator {
-    iterations: u32,
+    secrets: Arc<SecretBox>,
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Instant>>,
     hashing: Semaphore,
@@ -182,22 +122,20 @@ impl Throttle {
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("iterations", &self.iterations)
-            .finish_non_exhaustive()
+        f.debug_struct("Authenticator").finish_non_exhaustive()
     }
 }
 
 impl Authenticator {
-    /// An authenticator hashing new secrets with `iterations` rounds, and
-    /// refusing an identity from one address for `window` after
-    /// `max_failures` failed password checks (0: never).
-    pub fn new(iterations: u32, max_failures: u32, window: Duration) -> Self {
+    /// An authenticator checking passwords against secrets sealed with
+    /// `secrets`, and refusing an identity from one address for `window`
+    /// after `max_failures` failed password checks (0: never).
+    pub fn new(secrets: Arc<SecretBox>, max_failures: u32, window: Duration) -> Self {
         let mut cache_key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut cache_key);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
-            iterations: iterations.clamp(secret::MIN_ITERATIONS, secret::MAX_ITERATIONS),
+            secrets,
             cache_key,
             cache: Mutex::new(HashMap::new()),
             hashing: Semaphore::new(cores),
@@ -207,11 +145,6 @@ impl Authenticator {
                 failures: Mutex::new(HashMap::new()),
             },
         }
-    }
-
-    /// Rounds used for secrets hashed by this node.
-    pub fn iterations(&self) -> u32 {
-        self.iterations
     }
 
     /// Who sent the request: anonymous when it carries no credentials,
@@ -313,13 +246,18 @@ impl Authenticator {
             .map_err(|_| ApiError::new(ResponseCode::SERVER_TOO_BUSY, "shutting down"))?;
         let pw = password.as_bytes().to_vec();
         let stored_for_check = stored.clone();
-        let verdict = tokio::task::spawn_blocking(move || secret::verify(&stored_for_check, &pw))
-            .await
-            .map_err(|_| ApiError::new(ResponseCode::ERROR, "credential check failed"))?;
+        let secrets = Arc::clone(&self.secrets);
+        let verdict =
+            tokio::task::spawn_blocking(move || secrets.check_password(&stored_for_check, &pw))
+                .await
+                .map_err(|_| ApiError::new(ResponseCode::ERROR, "credential check failed"))?;
         drop(permit);
         match verdict {
             Verdict::Match => {
                 self.remember(key);
+                if idres_auth::secret::is_legacy_hash(&stored) {
+                    self.reseal(store, identity, password.as_bytes()).await;
+                }
                 Ok(())
             }
             Verdict::Mismatch => {
@@ -329,11 +267,56 @@ impl Authenticator {
             Verdict::Unusable => {
                 tracing::warn!(
                     identity = %identity,
-                    "HS_SECKEY is not stored as a hash this node accepts; write it again (through \
-                     the API, or with `idres admin init-prefix` on a stopped node) to hash it"
+                    "HS_SECKEY is not sealed under this node's secrets key; set it again \
+                     (through the API, or with `idres init-prefix` on a stopped node)"
                 );
                 Err(failed())
             }
+        }
+    }
+
+    /// Replaces a secret key stored as a one-way hash by earlier versions
+    /// with its sealed form, now that the right password has been shown:
+    /// the native protocol can then use it too. Written with a precondition
+    /// that the hash is still the one checked, so that a change made
+    /// meanwhile is never undone.
+    async fn reseal(&self, store: &Arc<dyn Store>, identity: &Identity, password: &[u8]) {
+        let guard = std::sync::Arc::new(SameValue {
+            key: identity.handle.key().to_owned(),
+            index: identity.index,
+            data: load(store, identity.handle.key())
+                .ok()
+                .flatten()
+                .and_then(|v| v.into_iter().find(|v| v.index == identity.index))
+                .map(|v| v.data)
+                .unwrap_or_default(),
+        });
+        let Ok(Some(values)) = load(store, identity.handle.key()) else {
+            return;
+        };
+        let Some(mut v) = values.into_iter().find(|v| v.index == identity.index) else {
+            return;
+        };
+        v.data = bytes::Bytes::from(password.to_vec());
+        let request = idres_store::WriteRequest {
+            mutations: vec![
+                idres_store::Mutation::Require { guard },
+                idres_store::Mutation::ModifyValues {
+                    handle: identity.handle.clone(),
+                    values: vec![v],
+                },
+            ],
+            idempotency_key: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.submit(
+            request,
+            Box::new(move |o| {
+                let _ = tx.send(o);
+            }),
+        );
+        if let Ok(Ok(Ok(_))) = rx.await {
+            tracing::info!(identity = %identity, "secret key moved from a one-way hash to sealed storage");
         }
     }
 
@@ -401,120 +384,10 @@ pub fn load(store: &Arc<dyn Store>, key: &str) -> Result<Option<Vec<HandleValue>
     }
 }
 
-/// An operation on a handle that needs an administrator's permission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// Create the handle.
-    Create,
-    /// Delete the handle.
-    Delete,
-    /// Add a value (`true`: an HS_ADMIN value).
-    AddValue(bool),
-    /// Change a value.
-    ModifyValue(bool),
-    /// Remove a value.
-    RemoveValue(bool),
-    /// Read values that are not public.
-    ReadValues,
-    /// List the handles of a prefix (asked of the prefix record).
-    ListHandles,
-}
-
-impl Op {
-    fn describe(self) -> &'static str {
-        match self {
-            Op::Create => "create",
-            Op::Delete => "delete",
-            Op::AddValue(false) => "add values to",
-            Op::AddValue(true) => "add HS_ADMIN values to",
-            Op::ModifyValue(false) => "modify values of",
-            Op::ModifyValue(true) => "modify HS_ADMIN values of",
-            Op::RemoveValue(false) => "remove values from",
-            Op::RemoveValue(true) => "remove HS_ADMIN values from",
-            Op::ReadValues => "read non-public values of",
-            Op::ListHandles => "list the handles of",
-        }
-    }
-}
-
-/// The governing prefix record of a handle: `0.NA/<prefix>` for an
-/// ordinary handle; the parent prefix's record for a prefix record.
-pub fn governing_record(handle: &Handle) -> Option<Handle> {
-    match handle.described_prefix() {
-        Some(p) => Some(
-            p.parent()
-                .unwrap_or_else(|| Prefix::parse(idres_model::PREFIX_RECORD_PREFIX).unwrap_or(p))
-                .record_handle(),
-        ),
-        None => Some(handle.prefix().record_handle()),
-    }
-}
-
-/// What one identity is granted over one handle.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Grants {
-    /// Bits granted by the handle's own HS_ADMIN or its governing record.
-    pub any: u16,
-    /// Bits granted by the governing record alone.
-    pub governing: u16,
-}
-
-impl Grants {
-    /// Whether these grants allow `op` on `handle`.
-    pub fn allow(&self, handle: &Handle, op: Op) -> bool {
-        let prefix_record = handle.is_prefix_record();
-        let (bits, from) = match op {
-            Op::Create if prefix_record => (AdminPermissions::ADD_DERIVED_PREFIX, self.governing),
-            Op::Delete if prefix_record => {
-                (AdminPermissions::DELETE_DERIVED_PREFIX, self.governing)
-            }
-            Op::Create => (AdminPermissions::ADD_HANDLE, self.any),
-            Op::Delete => (AdminPermissions::DELETE_HANDLE, self.any),
-            Op::AddValue(false) => (AdminPermissions::ADD_VALUE, self.any),
-            Op::AddValue(true) => (AdminPermissions::ADD_ADMIN, self.any),
-            Op::ModifyValue(false) => (AdminPermissions::MODIFY_VALUE, self.any),
-            Op::ModifyValue(true) => (AdminPermissions::MODIFY_ADMIN, self.any),
-            Op::RemoveValue(false) => (AdminPermissions::REMOVE_VALUE, self.any),
-            Op::RemoveValue(true) => (AdminPermissions::REMOVE_ADMIN, self.any),
-            Op::ReadValues => (AdminPermissions::READ_VALUE, self.any),
-            Op::ListHandles => (AdminPermissions::LIST_HANDLES, self.any),
-        };
-        AdminPermissions(from).allows(bits)
-    }
-}
-
-/// Works out what `identity` is granted over `handle`, whose current values
-/// are `own` (`None` if it does not exist yet).
-pub fn grants(
-    store: &Arc<dyn Store>,
-    identity: &Identity,
-    handle: &Handle,
-    own: Option<&[HandleValue]>,
-) -> Result<Grants, ApiError> {
-    let mut walk = Walk {
-        store,
-        identity,
-        lookups: 0,
-        visited: HashSet::new(),
-    };
-    let mut g = Grants::default();
-    if let Some(values) = own {
-        g.any |= walk.granted_by(values)?;
-    }
-    if let Some(gov) = governing_record(handle) {
-        if gov.key() != handle.key() {
-            if let Some(values) = load(store, gov.key())? {
-                let bits = walk.granted_by(&values)?;
-                g.governing |= bits;
-                g.any |= bits;
-            }
-        }
-    }
-    Ok(g)
-}
-
-/// Refuses `ops` on `handle` unless `caller` may do every one of them:
-/// 401 for an anonymous caller, 403 for one without the bit.
+/// Refuses `ops` on `handle` unless `caller` may do every one of them,
+/// by the node's one policy ([`idres_auth::policy`]): 401 for an anonymous
+/// caller, 403 for one without the bit. For reads; writes carry the same
+/// check to the store's writer ([`idres_auth::PermissionGuard`]).
 pub fn require(
     store: &Arc<dyn Store>,
     caller: &Caller,
@@ -522,117 +395,21 @@ pub fn require(
     own: Option<&[HandleValue]>,
     ops: &[Op],
 ) -> Result<(), ApiError> {
-    if ops.is_empty() {
-        return Ok(());
-    }
-    let Some(identity) = caller.identity() else {
-        return Err(ApiError::new(
-            ResponseCode::AUTHENTICATION_NEEDED,
-            format!(
-                "authentication is needed to {} {handle}",
-                ops.first().map_or("change", |o| o.describe())
-            ),
-        )
-        .about(handle.as_str()));
-    };
-    let g = grants(store, identity, handle, own)?;
-    if let Some(op) = ops.iter().find(|op| !g.allow(handle, **op)) {
-        let gov = governing_record(handle).map_or_else(String::new, |h| format!(" or of {h}"));
-        return Err(ApiError::new(
-            ResponseCode::INSUFFICIENT_PERMISSIONS,
-            format!(
-                "{identity} may not {} {handle}: no HS_ADMIN value of the handle{gov} grants it",
-                op.describe()
-            ),
-        )
-        .about(handle.as_str()));
-    }
-    Ok(())
-}
-
-struct Walk<'a> {
-    store: &'a Arc<dyn Store>,
-    identity: &'a Identity,
-    lookups: usize,
-    visited: HashSet<(String, u32)>,
-}
-
-impl Walk<'_> {
-    /// The union of the permission bits of every HS_ADMIN in `values` that
-    /// names the identity.
-    fn granted_by(&mut self, values: &[HandleValue]) -> Result<u16, ApiError> {
-        let mut bits = 0u16;
-        for v in values {
-            if !v.value_type.eq_ignore_ascii_case(types::HS_ADMIN) {
-                continue;
+    idres_auth::require(&StoreView(store.as_ref()), caller, handle, own, ops).map_err(|e| {
+        let rc = match &e {
+            idres_auth::Refusal::AuthenticationNeeded(_) => ResponseCode::AUTHENTICATION_NEEDED,
+            idres_auth::Refusal::InsufficientPermissions(_) => {
+                ResponseCode::INSUFFICIENT_PERMISSIONS
             }
-            let Ok(admin) = AdminRef::decode(&v.data) else {
-                continue;
-            };
-            if admin.permissions.0 & !bits == 0 {
-                continue;
-            }
-            self.visited.clear();
-            if self.names(&admin.handle, admin.index, 0)? {
-                bits |= admin.permissions.0;
-            }
-        }
-        Ok(bits)
-    }
-
-    /// Whether the reference (`handle`, `index`) is the identity or a group
-    /// containing it.
-    fn names(&mut self, handle: &str, index: u32, depth: usize) -> Result<bool, ApiError> {
-        let Ok(h) = Handle::parse(handle) else {
-            return Ok(false);
+            idres_auth::Refusal::Storage(_) => ResponseCode::ERROR,
         };
-        if h.key() == self.identity.handle.key() && (index == 0 || index == self.identity.index) {
-            return Ok(true);
-        }
-        if depth >= MAX_GROUP_DEPTH
-            || self.lookups >= MAX_LOOKUPS
-            || !self.visited.insert((h.key().to_owned(), index))
-        {
-            return Ok(false);
-        }
-        self.lookups += 1;
-        let Some(values) = load(self.store, h.key())? else {
-            return Ok(false);
-        };
-        for v in &values {
-            if (index != 0 && v.index != index)
-                || !v.value_type.eq_ignore_ascii_case(types::HS_VLIST)
-            {
-                continue;
-            }
-            let Ok(list) = ValueList::decode(&v.data) else {
-                continue;
-            };
-            for member in &list.0 {
-                if self.names(&member.handle, member.index, depth + 1)? {
-                    return Ok(true);
-                }
-            }
-        }
-        Ok(false)
-    }
+        ApiError::new(rc, e.to_string()).about(handle.as_str())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identities() {
-        let i = Identity::parse("300:88.118.8/ADMIN").unwrap();
-        assert_eq!(i.index, 300);
-        assert_eq!(i.handle.key(), "88.118.8/ADMIN");
-        assert_eq!(i.to_string(), "300:88.118.8/ADMIN");
-        assert!(Identity::parse("88.118.8/ADMIN").is_err());
-        assert!(Identity::parse("0:88.118.8/ADMIN").is_err());
-        assert!(Identity::parse("x:88.118.8/ADMIN").is_err());
-        assert!(Identity::parse("300:nohandle").is_err());
-    }
 
     #[test]
     fn basic_credentials() {
@@ -646,33 +423,36 @@ mod tests {
         let e = parse_basic(&b64("nobody:pw")).unwrap_err();
         assert_eq!(e.status.as_u16(), 401);
     }
+}
 
-    #[test]
-    fn governing_records() {
-        let h = Handle::parse("88.118.8/x").unwrap();
-        assert_eq!(governing_record(&h).unwrap().key(), "0.NA/88.118.8");
-        let p = Handle::parse("0.NA/88.118.8").unwrap();
-        assert_eq!(governing_record(&p).unwrap().key(), "0.NA/88.118");
-        let top = Handle::parse("0.NA/88").unwrap();
-        assert_eq!(governing_record(&top).unwrap().key(), "0.NA/0.NA");
-    }
+/// The precondition of [`Authenticator::reseal`]: the value is still the
+/// one that was checked.
+#[derive(Debug)]
+struct SameValue {
+    key: String,
+    index: u32,
+    data: bytes::Bytes,
+}
 
-    #[test]
-    fn derived_prefix_bits_come_from_the_parent_only() {
-        let p = Handle::parse("0.NA/88.118.8").unwrap();
-        let own_only = Grants {
-            any: AdminPermissions::ALL.0,
-            governing: 0,
-        };
-        assert!(!own_only.allow(&p, Op::Create));
-        assert!(!own_only.allow(&p, Op::Delete));
-        assert!(own_only.allow(&p, Op::AddValue(false)));
-        let parent = Grants {
-            any: AdminPermissions::ADD_DERIVED_PREFIX,
-            governing: AdminPermissions::ADD_DERIVED_PREFIX,
-        };
-        assert!(parent.allow(&p, Op::Create));
-        let h = Handle::parse("88.118.8/x").unwrap();
-        assert!(!parent.allow(&h, Op::Create));
+impl idres_store::WriteGuard for SameValue {
+    fn check(
+        &self,
+        state: &dyn idres_store::StateView,
+        _mutations: &[idres_store::Mutation],
+    ) -> Result<(), idres_store::Denied> {
+        let same = state
+            .values(&self.key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.into_iter().find(|v| v.index == self.index))
+            .is_some_and(|v| v.data == self.data);
+        if same {
+            Ok(())
+        } else {
+            Err(idres_store::Denied {
+                kind: idres_store::DeniedKind::InsufficientPermissions,
+                message: "the secret key changed meanwhile".into(),
+            })
+        }
     }
 }

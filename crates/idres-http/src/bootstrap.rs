@@ -5,8 +5,9 @@
 //! every permission to the group at its own index 200, an HS_VLIST listing
 //! the administrators. [`init_prefix`] writes that, adds the new
 //! administrator to the group (keeping members already there), and gives
-//! the administrator's handle its secret key (stored hashed) and an
-//! HS_ADMIN pointing at the same group, all in one atomic write. Other
+//! the administrator's handle its key (a secret key, which the store seals
+//! and hides, or a public key) and an HS_ADMIN pointing at the same group,
+//! all in one atomic write. Other
 //! values of both records are kept, so running it again, or on a prefix
 //! that is already homed here, is harmless.
 
@@ -17,7 +18,31 @@ use idres_model::{
 use idres_store::{Mutation, Store, StoreError, WriteRequest};
 
 use crate::auth::Identity;
-use crate::secret;
+
+/// The key an administrator proves itself with.
+#[derive(Debug, Clone)]
+pub enum AdminKey {
+    /// A secret key (HS_SECKEY): the store keeps it sealed.
+    Secret(Vec<u8>),
+    /// A public key (HS_PUBKEY), as its data is stored: a PEM
+    /// SubjectPublicKeyInfo or Handle's binary form.
+    Public(Vec<u8>),
+}
+
+impl AdminKey {
+    fn value_type(&self) -> &'static str {
+        match self {
+            AdminKey::Secret(_) => types::HS_SECKEY,
+            AdminKey::Public(_) => types::HS_PUBKEY,
+        }
+    }
+
+    fn data(&self) -> &[u8] {
+        match self {
+            AdminKey::Secret(d) | AdminKey::Public(d) => d,
+        }
+    }
+}
 
 /// Index of the prefix record's HS_ADMIN, and of the identity handle's.
 pub const ADMIN_INDEX: u32 = 100;
@@ -34,8 +59,8 @@ pub enum BootstrapError {
     /// A stored record does not decode.
     #[error("the record {0} is corrupt")]
     Corrupt(String),
-    /// The identity's index is taken by a value that is not a secret key.
-    #[error("{identity}: index {index} holds a {found} value, not HS_SECKEY")]
+    /// The identity's index is taken by a value of another type.
+    #[error("{identity}: index {index} holds a {found} value, not a key of this kind")]
     IndexTaken {
         /// The identity.
         identity: String,
@@ -47,9 +72,12 @@ pub enum BootstrapError {
     /// The identity's index collides with the record's own admin values.
     #[error("the identity's index {0} is reserved for HS_ADMIN (100) or the group (200)")]
     ReservedIndex(u32),
-    /// An empty secret.
-    #[error("the secret key is empty")]
+    /// An empty key.
+    #[error("the key is empty")]
     EmptySecret,
+    /// A public key this node cannot use.
+    #[error("the public key cannot be used: {0}")]
+    BadPublicKey(String),
 }
 
 fn current(store: &dyn Store, key: &str) -> Result<Vec<HandleValue>, BootstrapError> {
@@ -68,18 +96,21 @@ fn upsert(values: &mut Vec<HandleValue>, v: HandleValue) {
     }
 }
 
-/// The write that makes `admin` (with secret key `secret`) an
+/// The write that makes `admin` (proving itself with `key`) an
 /// administrator of `prefix`, from the store's current records.
 pub fn init_prefix(
     store: &dyn Store,
     prefix: &Prefix,
     admin: &Identity,
-    secret_key: &[u8],
-    iterations: u32,
+    key: &AdminKey,
     now: u32,
 ) -> Result<WriteRequest, BootstrapError> {
-    if secret_key.is_empty() {
+    if key.data().is_empty() {
         return Err(BootstrapError::EmptySecret);
+    }
+    if let AdminKey::Public(data) = key {
+        idres_auth::pubkey::PublicKey::from_hs_pubkey(data)
+            .map_err(|e| BootstrapError::BadPublicKey(e.to_string()))?;
     }
     let record = prefix.record_handle();
     let same_handle = admin.handle.key() == record.key();
@@ -135,7 +166,7 @@ pub fn init_prefix(
         current(store, admin.handle.key())?
     };
     if let Some(v) = admin_values.iter().find(|v| v.index == admin.index) {
-        if !v.value_type.eq_ignore_ascii_case(types::HS_SECKEY) {
+        if !v.value_type.eq_ignore_ascii_case(key.value_type()) {
             return Err(BootstrapError::IndexTaken {
                 identity: admin.to_string(),
                 index: admin.index,
@@ -143,13 +174,15 @@ pub fn init_prefix(
             });
         }
     }
-    let mut key = HandleValue::new(
+    let mut key_value = HandleValue::new(
         admin.index,
-        types::HS_SECKEY,
-        Bytes::from(secret::hash_secret(secret_key, iterations)),
+        key.value_type(),
+        Bytes::copy_from_slice(key.data()),
     );
-    key.permissions = Permissions(Permissions::ADMIN_READ | Permissions::ADMIN_WRITE);
-    upsert(&mut admin_values, stamp(key));
+    if matches!(key, AdminKey::Secret(_)) {
+        key_value.permissions = Permissions(Permissions::ADMIN_READ | Permissions::ADMIN_WRITE);
+    }
+    upsert(&mut admin_values, stamp(key_value));
     if !same_handle
         && !admin_values
             .iter()
@@ -185,8 +218,21 @@ pub fn init_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use idres_auth::{SecretBox, SecretPolicy};
     use idres_model::Handle;
     use idres_store::{SledConfig, SledStore};
+    use std::sync::Arc;
+
+    fn sealed_store(dir: &std::path::Path) -> (SledStore, Arc<SecretBox>) {
+        let secrets = Arc::new(SecretBox::from_key(&[3; 32]));
+        let mut c = SledConfig::new(dir);
+        c.value_policy = Some(Arc::new(SecretPolicy::new(Arc::clone(&secrets))));
+        (SledStore::open(c).unwrap(), secrets)
+    }
+
+    fn secret(pw: &str) -> AdminKey {
+        AdminKey::Secret(pw.as_bytes().to_vec())
+    }
 
     fn values(store: &SledStore, key: &str) -> Vec<HandleValue> {
         store.get(key).unwrap().unwrap().values().unwrap()
@@ -206,7 +252,7 @@ mod tests {
     #[test]
     fn runs_again_and_keeps_other_values_and_members() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        let (store, secrets) = sealed_store(dir.path());
         let prefix = Prefix::parse("88.118.8").unwrap();
         // The prefix is already homed here with a site value.
         let site = HandleValue::new(1, types::HS_SERV, "0.NA/88.118.8");
@@ -220,7 +266,7 @@ mod tests {
         let first = Identity::parse("300:88.118.8/ADMIN").unwrap();
         let second = Identity::parse("301:88.118.8/OPS").unwrap();
         for (who, pw) in [(&first, "a"), (&second, "b"), (&first, "c")] {
-            let req = init_prefix(&store, &prefix, who, pw.as_bytes(), 1000, 9).unwrap();
+            let req = init_prefix(&store, &prefix, who, &secret(pw), 9).unwrap();
             store.write(req).unwrap().unwrap();
         }
         assert_eq!(group(&store), ["300:88.118.8/ADMIN", "301:88.118.8/OPS"]);
@@ -229,13 +275,13 @@ mod tests {
         let admin = AdminRef::decode(&record.iter().find(|v| v.index == ADMIN_INDEX).unwrap().data)
             .unwrap();
         assert_eq!((admin.handle.as_str(), admin.index), ("0.NA/88.118.8", 200));
-        // The latest secret counts, stored hashed and not public.
+        // The latest secret counts, stored sealed and not public.
         let key = values(&store, "88.118.8/ADMIN")
             .into_iter()
             .find(|v| v.index == 300)
             .unwrap();
-        assert_eq!(secret::verify(&key.data, b"c"), secret::Verdict::Match);
-        assert_eq!(secret::verify(&key.data, b"a"), secret::Verdict::Mismatch);
+        assert!(idres_auth::secret::is_sealed(&key.data));
+        assert_eq!(secrets.open(&key.data).unwrap(), b"c");
         assert!(!key.permissions.public_read());
     }
 
@@ -245,7 +291,7 @@ mod tests {
         let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
         let prefix = Prefix::parse("88.118.8").unwrap();
         let admin = Identity::parse("300:0.NA/88.118.8").unwrap();
-        let req = init_prefix(&store, &prefix, &admin, b"pw", 1000, 9).unwrap();
+        let req = init_prefix(&store, &prefix, &admin, &secret("pw"), 9).unwrap();
         store.write(req).unwrap().unwrap();
         let v = values(&store, "0.NA/88.118.8");
         let mut idx: Vec<u32> = v.iter().map(|v| v.index).collect();
@@ -253,11 +299,11 @@ mod tests {
         assert_eq!(idx, [100, 200, 300]);
         let reserved = Identity::parse("200:0.NA/88.118.8").unwrap();
         assert!(matches!(
-            init_prefix(&store, &prefix, &reserved, b"pw", 1000, 9),
+            init_prefix(&store, &prefix, &reserved, &secret("pw"), 9),
             Err(BootstrapError::ReservedIndex(200))
         ));
         assert!(matches!(
-            init_prefix(&store, &prefix, &admin, b"", 1000, 9),
+            init_prefix(&store, &prefix, &admin, &secret(""), 9),
             Err(BootstrapError::EmptySecret)
         ));
         // An index already used by another type is not overwritten.
@@ -270,8 +316,20 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(
-            init_prefix(&store, &prefix, &taken, b"pw", 1000, 9),
+            init_prefix(&store, &prefix, &taken, &secret("pw"), 9),
             Err(BootstrapError::IndexTaken { .. })
+        ));
+        assert!(matches!(
+            init_prefix(
+                &store,
+                &prefix,
+                &admin,
+                &AdminKey::Public(
+                    b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".to_vec()
+                ),
+                9
+            ),
+            Err(BootstrapError::BadPublicKey(_))
         ));
     }
 }

@@ -99,6 +99,13 @@ impl From<&MutationError> for ApiError {
             MutationError::ValueExists { .. } => ResponseCode::VALUE_ALREADY_EXISTS,
             MutationError::ValueNotFound { .. } => ResponseCode::VALUES_NOT_FOUND,
             MutationError::Invalid { .. } => ResponseCode::INVALID_VALUE,
+            MutationError::Denied(d) => match d.kind {
+                idres_store::DeniedKind::AuthenticationNeeded => {
+                    ResponseCode::AUTHENTICATION_NEEDED
+                }
+                idres_store::DeniedKind::InvalidAdmin => ResponseCode::INVALID_ADMIN,
+                _ => ResponseCode::INSUFFICIENT_PERMISSIONS,
+            },
             _ => ResponseCode::ERROR,
         };
         Self::new(rc, e.to_string())

@@ -16,11 +16,13 @@
 //!   ([`metrics`]).
 //!
 //! Writes are authenticated ([`auth`]): HTTP Basic with the user
-//! `index%3Ahandle` and the HS_SECKEY as password, checked against a
-//! salted PBKDF2 hash ([`secret`]), or a client certificate whose CN or UID
-//! is `index:handle`. The identity must be granted the operation's bit by
-//! an HS_ADMIN value of the handle or of its prefix record, directly or
-//! through HS_VLIST groups. A write is answered only once the store
+//! `index%3Ahandle` and the HS_SECKEY as password, checked against the
+//! sealed secret ([`idres_auth::secret`]), or a client certificate whose CN
+//! or UID is `index:handle`. The identity must be granted the operation's
+//! bit by an HS_ADMIN value of the handle or of its prefix record, directly
+//! or through HS_VLIST groups, by the node's one policy
+//! ([`idres_auth::policy`]), decided by the store's writer against the
+//! state the write is applied to. A write is answered only once the store
 //! reports it durable.
 //!
 //! The caller binds the listener and hands it in ([`serve`]), so that
@@ -37,7 +39,6 @@ pub mod metrics;
 pub mod native;
 pub mod openapi;
 mod query;
-pub mod secret;
 mod server;
 pub mod tls;
 pub mod web;
@@ -67,8 +68,6 @@ pub struct HttpOptions {
     pub idle_timeout: Duration,
     /// How long a TLS handshake may take.
     pub handshake_timeout: Duration,
-    /// PBKDF2 iterations for secrets hashed by this node.
-    pub secret_iterations: u32,
     /// Failed password checks for one identity from one address after
     /// which that address is refused for `auth_lockout` (0: never).
     pub max_auth_failures: u32,
@@ -88,7 +87,6 @@ impl Default for HttpOptions {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
-            secret_iterations: secret::DEFAULT_ITERATIONS,
             max_auth_failures: 10,
             auth_lockout: Duration::from_secs(600),
             max_page_size: 10_000,
@@ -113,7 +111,7 @@ impl App {
         Arc::new(Self {
             store: Arc::clone(handler.store()),
             auth: auth::Authenticator::new(
-                options.secret_iterations,
+                Arc::clone(handler.auth().secrets()),
                 options.max_auth_failures,
                 options.auth_lockout,
             ),

@@ -10,8 +10,9 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use idres_service::Outcome;
+use idres_service::{Handler, Outcome, Peer, Transport};
 use idres_wire::{ResponseCode, ENVELOPE_LEN, MAX_MESSAGE_LEN};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::{ApiError, App};
 
@@ -34,6 +35,10 @@ pub async fn post(State(app): State<Arc<App>>, req: Request) -> Response {
         e.status = StatusCode::UNSUPPORTED_MEDIA_TYPE;
         return e.into_response();
     }
+    let peer = req
+        .extensions()
+        .get::<crate::ConnInfo>()
+        .map_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)), |c| c.peer);
     let body = match axum::body::to_bytes(req.into_body(), ENVELOPE_LEN + MAX_MESSAGE_LEN).await {
         Ok(b) => b,
         Err(_) => {
@@ -45,11 +50,26 @@ pub async fn post(State(app): State<Arc<App>>, req: Request) -> Response {
             return e.into_response();
         }
     };
-    let mut out = BytesMut::new();
-    match app
-        .handler()
-        .handle(&body, idres_service::unix_now(), &mut out)
-    {
+    let blocking = Handler::may_block(&body);
+    let handler = Arc::clone(app.handler());
+    let run = move || {
+        let mut out = BytesMut::new();
+        let mut state = Peer::new(peer, Transport::Http);
+        let outcome = handler.handle_from(&body, idres_service::unix_now(), &mut state, &mut out);
+        (outcome, out)
+    };
+    let (outcome, out) = if blocking {
+        match tokio::task::spawn_blocking(run).await {
+            Ok(r) => r,
+            Err(_) => {
+                return ApiError::new(ResponseCode::ERROR, "the request could not be handled")
+                    .into_response()
+            }
+        }
+    } else {
+        run()
+    };
+    match outcome {
         Outcome::Reply => {
             let mut resp = (StatusCode::OK, out.freeze()).into_response();
             resp.headers_mut()

@@ -74,11 +74,7 @@ fn vlist(index: u32, members: &[(&str, u32)]) -> HandleValue {
 }
 
 fn seckey(pw: &str) -> HandleValue {
-    let mut v = HandleValue::new(
-        300,
-        "HS_SECKEY",
-        idres_http::secret::hash_secret(pw.as_bytes(), 1000),
-    );
+    let mut v = HandleValue::new(300, "HS_SECKEY", pw.to_owned());
     v.permissions = Permissions(0x0C);
     v
 }
@@ -93,7 +89,14 @@ fn seckey(pw: &str) -> HandleValue {
 fn seed(store: &SledStore) {
     let prefix = Prefix::parse(PREFIX).unwrap();
     let admin = Identity::parse(ADMIN).unwrap();
-    let req = bootstrap::init_prefix(store, &prefix, &admin, ADMIN_PW.as_bytes(), 1000, 1).unwrap();
+    let req = bootstrap::init_prefix(
+        store,
+        &prefix,
+        &admin,
+        &bootstrap::AdminKey::Secret(ADMIN_PW.as_bytes().to_vec()),
+        1,
+    )
+    .unwrap();
     store.write(req).unwrap().unwrap();
     let record = store.get("0.NA/88.118.8").unwrap().unwrap();
     let mut values = record.values().unwrap();
@@ -126,15 +129,22 @@ async fn start_with(
     options: HttpOptions,
 ) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(SledConfig::new(dir.path())).unwrap());
+    let secrets =
+        Arc::new(idres_auth::SecretBox::load_or_create(&dir.path().join("secrets.key")).unwrap());
+    let mut config = SledConfig::new(dir.path().join("db"));
+    config.value_policy = Some(Arc::new(idres_auth::SecretPolicy::new(Arc::clone(
+        &secrets,
+    ))));
+    let store = Arc::new(SledStore::open(config).unwrap());
     seed(&store);
     let dyn_store: Arc<dyn Store> = store.clone();
-    let handler = Arc::new(Handler::new(
+    let handler = Arc::new(Handler::with_auth(
         dyn_store,
         NodeIdentity {
             site: SiteInfo::single("127.0.0.1:2641".parse().unwrap(), "test node"),
             service_handles: vec![],
         },
+        idres_service::Auth::new(secrets, None),
     ));
     let app = App::new(handler, options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -161,10 +171,7 @@ async fn start() -> Node {
 }
 
 fn test_options() -> HttpOptions {
-    HttpOptions {
-        secret_iterations: 1000,
-        ..HttpOptions::default()
-    }
+    HttpOptions::default()
 }
 
 impl Node {
@@ -583,7 +590,7 @@ async fn permissions_on_every_write_path() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secret_keys_are_hashed_hidden_and_usable() {
+async fn secret_keys_are_sealed_hidden_and_usable() {
     let node = start().await;
     let body = json!({"values": [
         {"index": 300, "type": "HS_SECKEY", "data": "fresh secret", "permissions": "1111"},
@@ -597,7 +604,7 @@ async fn secret_keys_are_hashed_hidden_and_usable() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    // Stored as a hash, and not public even though the request said so.
+    // Stored sealed, and not public even though the request said so.
     let stored = node
         .store
         .get("88.118.8/OPERATOR")
@@ -606,11 +613,13 @@ async fn secret_keys_are_hashed_hidden_and_usable() {
         .values()
         .unwrap();
     let key = stored.iter().find(|v| v.index == 300).unwrap();
-    assert!(key.data.starts_with(b"pbkdf2-sha256$"), "{:?}", key.data);
+    assert!(key.data.starts_with(b"idres-sealed-v1$"), "{:?}", key.data);
+    assert!(!key.data.windows(6).any(|w| w == b"fresh "));
     assert!(!key.permissions.public_read());
     let (_, v) = node.get("/api/handles/88.118.8/OPERATOR").await;
     assert_eq!(v["values"].as_array().unwrap().len(), 1);
-    // An administrator asking for everything sees the hash, never the secret.
+    // An administrator asking for everything sees the sealed form, never
+    // the secret.
     let (s, v) = node
         .call(
             reqwest::Method::GET,
@@ -735,7 +744,8 @@ async fn reverse_lookup_pages_past_a_thousand() {
     assert!(list
         .iter()
         .all(|r| r["values"][1]["data"]["value"] == "even"));
-    // An administrator with the read-value bit also finds the private one.
+    // A value without public read is never indexed, so no search matches
+    // it, whoever asks.
     let (_, v) = node
         .call(
             reqwest::Method::GET,
@@ -744,7 +754,7 @@ async fn reverse_lookup_pages_past_a_thousand() {
             None,
         )
         .await;
-    assert_eq!(v, json!(["88.118.8/HIDDEN"]));
+    assert_eq!(v, json!([]));
     let (_, v) = node.get("/hrls/handles?URL=*item/secret").await;
     assert_eq!(v, json!([]));
     let (s, _) = node.get("/hrls/handles?limit=5").await;

@@ -23,9 +23,11 @@ use idres_model::{types, Handle, HandleValue, SiteInfo, PREFIX_RECORD_PREFIX};
 use idres_store::{PrefixHome, Store};
 use idres_wire::body::put_referral;
 use idres_wire::{
-    put_error, put_resolution_reply, FrameError, Message, OpFlags, ReplyWriter, Request,
+    put_error, put_resolution_reply, FrameError, Message, OpCode, OpFlags, ReplyWriter, Request,
     ResponseCode,
 };
+
+use crate::admin::{self, Auth, Peer, Transport};
 
 /// What this node says about itself.
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct HandlerStats {
     pub protocol_errors: AtomicU64,
     /// Other error replies.
     pub other_errors: AtomicU64,
+    /// Authentication challenges sent.
+    pub challenges: AtomicU64,
 }
 
 /// What [`Handler::handle`] did with a message.
@@ -72,18 +76,61 @@ pub struct Handler {
     identity: NodeIdentity,
     site_bytes: bytes::Bytes,
     stats: HandlerStats,
+    auth: Auth,
 }
 
 impl Handler {
-    /// A handler over `store` for the node described by `identity`.
+    /// A handler over `store` for the node described by `identity`, with
+    /// a secrets key of its own and no node key: for tests and benchmarks.
+    /// A node serves with [`Handler::with_auth`].
     pub fn new(store: Arc<dyn Store>, identity: NodeIdentity) -> Self {
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+        Self::with_auth(
+            store,
+            identity,
+            Auth::new(Arc::new(idres_auth::SecretBox::from_key(&key)), None),
+        )
+    }
+
+    /// A handler over `store` for the node described by `identity`,
+    /// authenticating with `auth`. With a node key, GET_SITE_INFO carries
+    /// its public key in the node's HS_SITE.
+    pub fn with_auth(store: Arc<dyn Store>, mut identity: NodeIdentity, auth: Auth) -> Self {
+        if let Some(key) = auth.node_key() {
+            let public = bytes::Bytes::from(key.public_key_bytes());
+            for server in &mut identity.site.servers {
+                server.public_key = public.clone();
+            }
+        }
         let site_bytes = identity.site.encode();
         Self {
             store,
             identity,
             site_bytes,
             stats: HandlerStats::default(),
+            auth,
         }
+    }
+
+    /// Whether handling `message` (envelope and message) may wait on the
+    /// store's writer or on key checks, so that an async transport should
+    /// run it off its workers.
+    pub fn may_block(message: &[u8]) -> bool {
+        message
+            .get(idres_wire::ENVELOPE_LEN..idres_wire::ENVELOPE_LEN + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .is_some_and(|b| admin::may_block(OpCode(u32::from_be_bytes(b))))
+    }
+
+    /// The node's authentication state.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    /// The node's HS_SITE as GET_SITE_INFO returns it.
+    pub fn site_bytes(&self) -> &bytes::Bytes {
+        &self.site_bytes
     }
 
     /// The store answered from.
@@ -97,10 +144,26 @@ impl Handler {
     }
 
     /// Handles one whole message (envelope and message) received at Unix
-    /// time `now`, appending any reply to `out`.
+    /// time `now` from an unknown peer, appending any reply to `out`.
     pub fn handle(&self, message: &[u8], now: u32, out: &mut BytesMut) -> Outcome {
+        let mut peer = Peer::new(
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            Transport::Udp,
+        );
+        self.handle_from(message, now, &mut peer, out)
+    }
+
+    /// Handles one whole message from `peer` (whose connection state an
+    /// exchange may change: a login), appending any reply to `out`.
+    pub fn handle_from(
+        &self,
+        message: &[u8],
+        now: u32,
+        peer: &mut Peer,
+        out: &mut BytesMut,
+    ) -> Outcome {
         match Message::parse_with_envelope(message) {
-            Ok(m) => self.handle_message(&m, now, out),
+            Ok(m) => self.dispatch(&m, message, now, peer, out),
             Err(FrameError::Malformed {
                 envelope, header, ..
             }) if !header.is_response() => {
@@ -126,11 +189,93 @@ impl Handler {
         }
     }
 
-    /// Handles a message already split into its parts.
+    /// Handles a message already split into its parts, from an unknown
+    /// peer.
     pub fn handle_message(&self, m: &Message<'_>, now: u32, out: &mut BytesMut) -> Outcome {
+        let mut peer = Peer::new(
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0)),
+            Transport::Udp,
+        );
+        self.dispatch(m, &[], now, &mut peer, out)
+    }
+
+    fn dispatch(
+        &self,
+        m: &Message<'_>,
+        message: &[u8],
+        now: u32,
+        peer: &mut Peer,
+        out: &mut BytesMut,
+    ) -> Outcome {
         if m.header.is_response() {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Outcome::Drop;
+        }
+        if m.header.op_flags.has(OpFlags::CERTIFY) && self.auth.node_key().is_none() {
+            // Never a reply that claims a signature it lacks.
+            let mut header = m.header;
+            header.op_flags = OpFlags(header.op_flags.0 & !OpFlags::CERTIFY);
+            let uncertified = Message {
+                header,
+                ..m.clone()
+            };
+            return self.error(
+                &uncertified,
+                ResponseCode::ERROR,
+                "this node has no key and cannot certify its replies; ask without \
+                 the certify flag, or ask a node that has a key",
+                now,
+                out,
+            );
+        }
+        let op = m.header.op_code;
+        if admin::is_admin_op(op) {
+            if message.is_empty() {
+                return self.error(
+                    m,
+                    ResponseCode::OPERATION_NOT_SUPPORTED,
+                    "administration needs the whole message",
+                    now,
+                    out,
+                );
+            }
+            let reply = match (&peer.login, op) {
+                (Some(identity), o) if o != admin::LOGIN_ID_SYSTEM => {
+                    let caller = idres_auth::Caller::Authenticated(identity.clone());
+                    admin::execute(&self.store, m, &caller, now)
+                }
+                _ => self.auth.challenge(m, message, peer),
+            };
+            return self.admin_reply(m, reply, now, out);
+        }
+        if op == OpCode::CHALLENGE_RESPONSE {
+            let reply = match Request::decode(op, m.body) {
+                Ok(Request::ChallengeResponse {
+                    auth_type,
+                    identity,
+                    index,
+                    response,
+                }) => self.auth.answer(
+                    &self.store,
+                    m,
+                    auth_type,
+                    identity,
+                    index,
+                    response,
+                    peer,
+                    now,
+                ),
+                Ok(_) | Err(_) => {
+                    return self.error(
+                        m,
+                        ResponseCode::PROTOCOL_ERROR,
+                        "malformed challenge answer",
+                        now,
+                        out,
+                    )
+                }
+            };
+            return self.admin_reply(m, reply, now, out);
         }
         let request = match Request::decode(m.header.op_code, m.body) {
             Ok(r) => r,
@@ -153,7 +298,7 @@ impl Handler {
             Request::GetSiteInfo => {
                 let mut w = self.begin(m, ResponseCode::SUCCESS, now, out);
                 w.body().put_slice(&self.site_bytes);
-                w.finish();
+                self.finish(m, w);
                 self.stats.success.fetch_add(1, Ordering::Relaxed);
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
                 Outcome::Reply
@@ -168,11 +313,64 @@ impl Handler {
             _ => self.error(
                 m,
                 ResponseCode::OPERATION_NOT_SUPPORTED,
-                "administration over the Handle protocol is not enabled on this node; \
-                 use the HTTP or gRPC interface",
+                "operation not supported",
                 now,
                 out,
             ),
+        }
+    }
+
+    /// Writes a reply decided by the admin path.
+    fn admin_reply(
+        &self,
+        m: &Message<'_>,
+        reply: admin::AdminReply,
+        now: u32,
+        out: &mut BytesMut,
+    ) -> Outcome {
+        let counter = match reply.rc {
+            ResponseCode::SUCCESS => &self.stats.success,
+            ResponseCode::PROTOCOL_ERROR => &self.stats.protocol_errors,
+            ResponseCode::AUTHENTICATION_NEEDED => &self.stats.challenges,
+            _ => &self.stats.other_errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.stats.answered.fetch_add(1, Ordering::Relaxed);
+        let mut envelope = m.envelope;
+        if let Some(session) = reply.session_id {
+            envelope.session_id = session;
+        }
+        let mut header = m.header;
+        header.op_code = reply.op;
+        let reply_version = envelope.reply();
+        if reply.rc == ResponseCode::AUTHENTICATION_NEEDED
+            && (reply_version.major, reply_version.minor) >= (2, 1)
+        {
+            // The challenge always carries the request digest.
+            header.op_flags = OpFlags(header.op_flags.0 | OpFlags::RETURN_DIGEST);
+        }
+        let shaped = Message {
+            envelope,
+            header,
+            ..m.clone()
+        };
+        let mut w = self.begin(&shaped, reply.rc, now, out);
+        w.body().put_slice(&reply.body);
+        self.finish(&shaped, w);
+        Outcome::Reply
+    }
+
+    /// Closes a reply: signed with the node key when the request asked for
+    /// a certified answer (the node has a key whenever that is so: a
+    /// certified request to a node without one is refused first).
+    fn finish(&self, m: &Message<'_>, w: ReplyWriter<'_>) {
+        match self.auth.node_key() {
+            Some(key) if m.header.op_flags.has(OpFlags::CERTIFY) => {
+                w.finish_signed(|signed| Some((key.hash_name(), key.sign(signed))));
+            }
+            _ => {
+                w.finish();
+            }
         }
     }
 
@@ -211,7 +409,7 @@ impl Handler {
         self.stats.answered.fetch_add(1, Ordering::Relaxed);
         let mut w = self.begin(m, rc, now, out);
         put_error(w.body(), message);
-        w.finish();
+        self.finish(m, w);
         Outcome::Reply
     }
 
@@ -239,7 +437,7 @@ impl Handler {
                         &format!("{PREFIX_RECORD_PREFIX}/{}", home.prefix),
                         &values,
                     );
-                    w.finish();
+                    self.finish(m, w);
                     return Outcome::Reply;
                 }
             }
@@ -252,7 +450,7 @@ impl Handler {
                     self.stats.answered.fetch_add(1, Ordering::Relaxed);
                     let mut w = self.begin(m, ResponseCode::PREFIX_REFERRAL, now, out);
                     put_referral(w.body(), "", &values);
-                    w.finish();
+                    self.finish(m, w);
                     return Outcome::Reply;
                 }
                 return self.error(
@@ -271,7 +469,7 @@ impl Handler {
         if indexes.is_empty() && types.is_empty() && record.all_public() {
             let mut w = self.begin(m, ResponseCode::SUCCESS, now, out);
             put_resolution_reply(w.body(), raw_handle.as_bytes(), record.encoded_values());
-            w.finish();
+            self.finish(m, w);
             self.stats.success.fetch_add(1, Ordering::Relaxed);
             self.stats.answered.fetch_add(1, Ordering::Relaxed);
             return Outcome::Reply;
@@ -313,7 +511,7 @@ impl Handler {
         chosen[..4].copy_from_slice(&count.to_be_bytes());
         let mut w = self.begin(m, ResponseCode::SUCCESS, now, out);
         put_resolution_reply(w.body(), raw_handle.as_bytes(), &chosen);
-        w.finish();
+        self.finish(m, w);
         self.stats.success.fetch_add(1, Ordering::Relaxed);
         self.stats.answered.fetch_add(1, Ordering::Relaxed);
         Outcome::Reply

@@ -5,11 +5,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod client;
 pub mod handler;
 pub mod tcp;
 pub mod udp;
 
+pub use admin::{Auth, Peer, Transport};
 pub use handler::{Handler, HandlerStats, NodeIdentity, Outcome};
 
 /// The current Unix time in seconds.

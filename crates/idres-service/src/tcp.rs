@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::admin::{Peer, Transport};
 use crate::handler::{Handler, Outcome};
 use crate::unix_now;
 
@@ -68,14 +69,14 @@ pub async fn serve(
         let handler = Arc::clone(&handler);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            connection(&handler, stream, peer, limits.idle_timeout, shutdown).await;
+            connection(handler, stream, peer, limits.idle_timeout, shutdown).await;
             drop(permit);
         });
     }
 }
 
 async fn connection(
-    handler: &Handler,
+    handler: Arc<Handler>,
     mut stream: TcpStream,
     peer: SocketAddr,
     idle: Duration,
@@ -84,6 +85,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     let mut out = BytesMut::new();
+    let mut state = Peer::new(peer, Transport::Tcp);
     loop {
         let mut head = [0u8; ENVELOPE_LEN];
         let read = tokio::select! {
@@ -107,7 +109,29 @@ async fn connection(
             Ok(Err(_)) | Err(_) => return,
         }
         out.clear();
-        match handler.handle(&buf, unix_now(), &mut out) {
+        let outcome = if Handler::may_block(&buf) {
+            // Administration waits for the store's writer and checks keys:
+            // off the async workers.
+            let h = Arc::clone(&handler);
+            let msg = std::mem::take(&mut buf);
+            let mut st = state.clone();
+            let mut o = std::mem::take(&mut out);
+            let joined = tokio::task::spawn_blocking(move || {
+                let outcome = h.handle_from(&msg, unix_now(), &mut st, &mut o);
+                (outcome, msg, st, o)
+            })
+            .await;
+            let Ok((outcome, msg, st, o)) = joined else {
+                return;
+            };
+            buf = msg;
+            state = st;
+            out = o;
+            outcome
+        } else {
+            handler.handle_from(&buf, unix_now(), &mut state, &mut out)
+        };
+        match outcome {
             Outcome::Reply => {
                 let written = tokio::time::timeout(idle, stream.write_all(&out)).await;
                 if !matches!(written, Ok(Ok(()))) {

@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use idres_wire::{Assembled, Datagrams, Reassembler, ReassemblyLimits, MAX_DATAGRAM};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::admin::{Peer, Transport};
 use crate::handler::{Handler, Outcome};
 use crate::unix_now;
 
@@ -133,8 +134,12 @@ fn worker(handler: &Handler, socket: &UdpSocket, stop: &AtomicBool) {
         let now = unix_now();
         out.clear();
         let outcome = match reassembler.push(&peer, &buf[..n], Instant::now()) {
-            Ok(Assembled::Single(msg)) => handler.handle(msg, now, &mut out),
-            Ok(Assembled::Complete(msg)) => handler.handle(&msg, now, &mut out),
+            Ok(Assembled::Single(msg)) => {
+                handler.handle_from(msg, now, &mut Peer::new(peer, Transport::Udp), &mut out)
+            }
+            Ok(Assembled::Complete(msg)) => {
+                handler.handle_from(&msg, now, &mut Peer::new(peer, Transport::Udp), &mut out)
+            }
             Ok(Assembled::Pending) => continue,
             Err(_) => {
                 handler.stats().dropped.fetch_add(1, Ordering::Relaxed);

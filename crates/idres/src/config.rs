@@ -44,6 +44,12 @@ pub struct NodeConfig {
     pub role: String,
     /// gRPC URL of the upstream node (secondary and mirror roles).
     pub upstream: Option<String>,
+    /// The node's private key (PEM, from `idres keygen`): advertised in
+    /// HS_SITE and used to sign replies to certified requests.
+    pub key: Option<PathBuf>,
+    /// The key that seals secret keys at rest (32 bytes; made at the first
+    /// start). Defaults to `secrets.key` in the data directory.
+    pub secrets_key: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -54,6 +60,8 @@ impl Default for NodeConfig {
             service_handles: Vec::new(),
             role: "top".into(),
             upstream: None,
+            key: None,
+            secrets_key: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use idres_http::auth::Identity;
+use idres_http::bootstrap::AdminKey;
 use idres_http::{App, HttpOptions, TlsFiles};
 use idres_model::Prefix;
 use idres_service::Handler;
@@ -33,8 +34,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// PBKDF2 iterations for secret keys written through the API.
-    pub secret_iterations: u32,
+    /// Accepted for configurations of earlier versions, which hashed
+    /// secret keys; secret keys are now sealed, and this is ignored.
+    pub secret_iterations: Option<u32>,
     /// Seconds a connection with no request in progress is kept open.
     pub idle_timeout_secs: u64,
     /// Failed password checks for one identity from one address before
@@ -54,7 +56,7 @@ impl Default for HttpConfig {
             client_ca: None,
             max_connections: o.max_connections,
             max_body_bytes: o.max_body_bytes,
-            secret_iterations: o.secret_iterations,
+            secret_iterations: None,
             idle_timeout_secs: o.idle_timeout.as_secs(),
             max_auth_failures: o.max_auth_failures,
             auth_lockout_secs: o.auth_lockout.as_secs(),
@@ -100,12 +102,17 @@ pub async fn start(
     let options = HttpOptions {
         max_connections: config.max_connections,
         max_body_bytes: config.max_body_bytes,
-        secret_iterations: config.secret_iterations,
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs.max(1)),
         max_auth_failures: config.max_auth_failures,
         auth_lockout: std::time::Duration::from_secs(config.auth_lockout_secs),
         ..HttpOptions::default()
     };
+    if config.secret_iterations.is_some() {
+        tracing::warn!(
+            "[http] secret_iterations is ignored: secret keys are sealed under the node's \
+             secrets key, not hashed"
+        );
+    }
     let face = if tls.is_some() { "https" } else { "http" };
     let app = App::new(handler, options);
     let task = tokio::spawn(idres_http::serve(listener, app, tls, stop));
@@ -128,12 +135,14 @@ pub struct InitPrefixArgs {
     #[arg(long)]
     pub admin: String,
     /// File holding the administrator's secret key (one trailing newline
-    /// is ignored). The key is stored only as a salted hash.
+    /// is ignored). The key is stored sealed under the node's secrets key
+    /// and never served to anyone but the handle's administrators.
+    #[arg(long, required_unless_present = "pubkey", conflicts_with = "pubkey")]
+    pub secret_file: Option<PathBuf>,
+    /// PEM file of the administrator's public key (RSA, DSA or SM2
+    /// SubjectPublicKeyInfo), stored as its HS_PUBKEY.
     #[arg(long)]
-    pub secret_file: PathBuf,
-    /// PBKDF2 iterations of the stored hash.
-    #[arg(long, default_value_t = idres_http::secret::DEFAULT_ITERATIONS)]
-    pub iterations: u32,
+    pub pubkey: Option<PathBuf>,
 }
 
 /// `idres init-prefix`: makes an identity the administrator of a prefix,
@@ -141,14 +150,23 @@ pub struct InitPrefixArgs {
 pub fn init_prefix(args: &InitPrefixArgs) -> anyhow::Result<()> {
     let prefix = Prefix::parse(&args.prefix).map_err(|e| anyhow::anyhow!("--prefix: {e}"))?;
     let admin = Identity::parse(&args.admin).map_err(|e| anyhow::anyhow!("--admin: {e}"))?;
-    let mut secret = std::fs::read(&args.secret_file)
-        .with_context(|| format!("reading {}", args.secret_file.display()))?;
-    if secret.last() == Some(&b'\n') {
-        secret.pop();
-        if secret.last() == Some(&b'\r') {
-            secret.pop();
+    let key = match (&args.secret_file, &args.pubkey) {
+        (Some(path), _) => {
+            let mut secret =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            if secret.last() == Some(&b'\n') {
+                secret.pop();
+                if secret.last() == Some(&b'\r') {
+                    secret.pop();
+                }
+            }
+            AdminKey::Secret(secret)
         }
-    }
+        (None, Some(path)) => AdminKey::Public(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        (None, None) => bail!("give --secret-file or --pubkey"),
+    };
     let config = crate::config::Config {
         store: crate::config::StoreConfig {
             data_dir: args.data_dir.clone(),
@@ -164,8 +182,7 @@ pub fn init_prefix(args: &InitPrefixArgs) -> anyhow::Result<()> {
         store.as_ref(),
         &prefix,
         &admin,
-        &secret,
-        args.iterations,
+        &key,
         idres_service::unix_now(),
     )?;
     match store.write(request).context("writing the prefix record")? {

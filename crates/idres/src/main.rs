@@ -49,9 +49,40 @@ enum Command {
     /// Make an identity the first administrator of a prefix (on a stopped
     /// node): prefix record, administrators' group, hashed secret key.
     InitPrefix(http::InitPrefixArgs),
+    /// Make a node key (PEM, mode 0600) for `serve --node-key`: advertised
+    /// in HS_SITE, it signs replies to certified requests.
+    Keygen(KeygenArgs),
     /// Generate load and measure.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct KeygenArgs {
+    /// rsa (2048 bits, signs with SHA-256) or sm2 (signs with SM3).
+    #[arg(long, default_value = "rsa")]
+    algorithm: idres_auth::KeyAlgorithm,
+    /// Where to write the private key; an existing file is never replaced.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Also write the public key (PEM SubjectPublicKeyInfo) here.
+    #[arg(long)]
+    public_out: Option<std::path::PathBuf>,
+}
+
+fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
+    let key = idres_auth::NodeKey::generate(a.algorithm).map_err(anyhow::Error::msg)?;
+    key.write(&a.out)?;
+    if let Some(p) = &a.public_out {
+        std::fs::write(p, key.public_key_pem())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+    }
+    eprintln!(
+        "wrote a new {} node key to {} (mode 0600)",
+        key.algorithm_name(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +181,7 @@ fn main() -> ExitCode {
             })
             .map(|()| ExitCode::SUCCESS),
         Command::InitPrefix(a) => http::init_prefix(a).map(|()| ExitCode::SUCCESS),
+        Command::Keygen(a) => keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::GrpcRegister(a)) => grpc_bench(idres_grpc::bench::register(a)),
         Command::Bench(BenchCommand::GrpcResolve(a)) => grpc_bench(idres_grpc::bench::resolve(a)),

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use idres_auth::{NodeKey, SecretBox, SecretPolicy};
 use idres_model::SiteInfo;
 use idres_service::tcp::TcpLimits;
 use idres_service::udp::UdpServer;
-use idres_service::{Handler, NodeIdentity};
+use idres_service::{Auth, Handler, NodeIdentity};
 use idres_store::{SledConfig, SledStore, Store};
 use tokio::sync::watch;
 
@@ -63,6 +64,10 @@ pub struct ServeArgs {
     /// Serve gRPC without TLS, for development: loopback addresses only.
     #[arg(long)]
     pub grpc_dev_plaintext: bool,
+    /// The node's private key (from `idres keygen`): advertised in
+    /// HS_SITE, it signs replies to certified requests.
+    #[arg(long)]
+    pub node_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -102,6 +107,9 @@ impl ServeArgs {
         if self.grpc_dev_plaintext {
             c.grpc.dev_plaintext = true;
         }
+        if let Some(k) = &self.node_key {
+            c.node.key = Some(k.clone());
+        }
         Ok(c)
     }
 }
@@ -109,7 +117,33 @@ impl ServeArgs {
 /// Opens the store of a configuration; `serving` keeps an in-memory copy
 /// of the records for resolution, which batch commands do without.
 pub fn open_store(config: &Config, serving: bool) -> anyhow::Result<Arc<SledStore>> {
+    Ok(open_node_store(config, serving)?.0)
+}
+
+/// The secrets key of a configuration: `[node] secrets_key`, or
+/// `secrets.key` in the data directory, made at the first start.
+pub fn secrets(config: &Config) -> anyhow::Result<Arc<SecretBox>> {
+    let path = config
+        .node
+        .secrets_key
+        .clone()
+        .unwrap_or_else(|| config.store.data_dir.join("secrets.key"));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the directory {}", dir.display()))?;
+    }
+    Ok(Arc::new(SecretBox::load_or_create(&path)?))
+}
+
+/// Opens the store with its secrets key: every record written passes the
+/// secret-key policy, whatever writes it.
+pub fn open_node_store(
+    config: &Config,
+    serving: bool,
+) -> anyhow::Result<(Arc<SledStore>, Arc<SecretBox>)> {
+    let secrets = secrets(config)?;
     let mut sc = SledConfig::new(&config.store.data_dir);
+    sc.value_policy = Some(Arc::new(SecretPolicy::new(Arc::clone(&secrets))));
     sc.cache_bytes = config.store.cache_mb << 20;
     sc.read_cache_bytes = if serving {
         usize::try_from(config.store.read_cache_mb << 20).unwrap_or(usize::MAX)
@@ -118,7 +152,7 @@ pub fn open_store(config: &Config, serving: bool) -> anyhow::Result<Arc<SledStor
     };
     let store = SledStore::open(sc)
         .with_context(|| format!("opening the store in {}", config.store.data_dir.display()))?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), secrets))
 }
 
 /// Runs the node until it is told to stop.
@@ -161,7 +195,15 @@ fn bind_handle(
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let started = Instant::now();
-    let store = open_store(&config, true)?;
+    let node_key = match &config.node.key {
+        Some(path) => {
+            let key = NodeKey::load(path)?;
+            tracing::info!(algorithm = key.algorithm_name(), path = %path.display(), "node key loaded");
+            Some(Arc::new(key))
+        }
+        None => None,
+    };
+    let (store, secrets) = open_node_store(&config, true)?;
     let dyn_store: Arc<dyn Store> = store.clone();
 
     let workers = match config.handle.udp_workers {
@@ -175,7 +217,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         site: SiteInfo::single(advertise, &config.node.description),
         service_handles: config.node.service_handles.clone(),
     };
-    let handler = Arc::new(Handler::new(Arc::clone(&dyn_store), identity));
+    let handler = Arc::new(Handler::with_auth(
+        Arc::clone(&dyn_store),
+        identity,
+        Auth::new(secrets, node_key),
+    ));
     let udp = UdpServer::start(Arc::clone(&handler), udp_sockets).context("starting UDP")?;
     tcp_listener.set_nonblocking(true)?;
     let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;

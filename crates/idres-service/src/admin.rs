@@ -1,0 +1,478 @@
+//! Administration over the Handle protocol: the challenge-response
+//! exchange, and the administrative operations carried out for the
+//! identity it proves.
+//!
+//! - An administrative request (CREATE_HANDLE, DELETE_HANDLE, ADD_VALUE,
+//!   REMOVE_VALUE, MODIFY_VALUE, LIST_HANDLES, and CAICT's LOGIN_ID_SYSTEM)
+//!   from a caller not yet logged in gets AUTHENTICATION_NEEDED (402) with a
+//!   fresh session id and a body of the request digest and a nonce
+//!   ([`idres_auth::challenge`]).
+//! - The answer (CHALLENGE_RESPONSE, opcode 200) names the session; it may
+//!   come on another connection or socket. Once it checks, the original
+//!   request is carried out for the identity and its reply (the original
+//!   opcode, the answer's request id) answers the 200 message.
+//! - A LOGIN_ID_SYSTEM (2001) answered correctly logs the TCP connection in
+//!   as the identity: its later administrative requests are carried out
+//!   without a new challenge.
+//! - Every write goes through the store's writer with a
+//!   [`PermissionGuard`], so permission is decided against the state the
+//!   write is applied to, and lands with its change-log entry, durably,
+//!   before the reply.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use idres_auth::challenge::{self, Challenges, TakeError};
+use idres_auth::{Caller, Identity, NodeKey, PermissionGuard, SecretBox, StoreView};
+use idres_model::{codec, Handle, HandleValue};
+use idres_store::{DeniedKind, Mutation, MutationError, Store};
+use idres_wire::body::{digest_alg_for, put_request_digest, DigestAlg};
+use idres_wire::{Message, OpCode, OpFlags, Request, ResponseCode};
+
+/// CAICT's login operation: body str admin handle, int4 index.
+pub const LOGIN_ID_SYSTEM: OpCode = OpCode(2001);
+/// CAICT: the login is no longer valid; log in again.
+pub const RC_LOGIN_AGAIN: ResponseCode = ResponseCode(407);
+/// CAICT: log in first.
+pub const RC_LOGIN_FIRST: ResponseCode = ResponseCode(408);
+/// Most handles one LIST_HANDLES reply carries.
+pub const MAX_LIST: usize = 100_000;
+
+/// How a message reached the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A UDP datagram (or several, reassembled).
+    Udp,
+    /// A TCP connection.
+    Tcp,
+    /// `POST /` over HTTP.
+    Http,
+}
+
+/// What a transport knows of the peer a message came from, and what the
+/// exchange has established on this connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer's address.
+    pub addr: SocketAddr,
+    /// The transport.
+    pub transport: Transport,
+    /// The identity this TCP connection is logged in as (LOGIN_ID_SYSTEM).
+    pub login: Option<Identity>,
+}
+
+impl Peer {
+    /// A peer at `addr` over `transport`, not logged in.
+    pub fn new(addr: SocketAddr, transport: Transport) -> Self {
+        Self {
+            addr,
+            transport,
+            login: None,
+        }
+    }
+}
+
+/// The node's authentication state: its secrets key, its own key, and the
+/// challenges open.
+#[derive(Debug)]
+pub struct Auth {
+    secrets: Arc<SecretBox>,
+    node_key: Option<Arc<NodeKey>>,
+    challenges: Challenges<Vec<u8>>,
+}
+
+impl Auth {
+    /// Authentication with the node's `secrets` and its `node_key`.
+    pub fn new(secrets: Arc<SecretBox>, node_key: Option<Arc<NodeKey>>) -> Self {
+        Self {
+            secrets,
+            node_key,
+            challenges: Challenges::default(),
+        }
+    }
+
+    /// The node's key, if it has one.
+    pub fn node_key(&self) -> Option<&Arc<NodeKey>> {
+        self.node_key.as_ref()
+    }
+
+    /// The node's secrets key.
+    pub fn secrets(&self) -> &Arc<SecretBox> {
+        &self.secrets
+    }
+}
+
+/// Whether `op` is administrative: it needs an identity.
+pub fn is_admin_op(op: OpCode) -> bool {
+    matches!(
+        op,
+        OpCode::CREATE_HANDLE
+            | OpCode::DELETE_HANDLE
+            | OpCode::ADD_VALUE
+            | OpCode::REMOVE_VALUE
+            | OpCode::MODIFY_VALUE
+            | OpCode::LIST_HANDLES
+            | LOGIN_ID_SYSTEM
+    )
+}
+
+/// Whether handling `op` may block on the store's writer or on key checks,
+/// so that async transports run it off their workers.
+pub fn may_block(op: OpCode) -> bool {
+    is_admin_op(op) || op == OpCode::CHALLENGE_RESPONSE
+}
+
+/// A reply decided by the admin path: response code, the opcode to answer
+/// with, and the body after the request digest.
+#[derive(Debug)]
+pub struct AdminReply {
+    /// Response code.
+    pub rc: ResponseCode,
+    /// Session id to put in the envelope (the challenge's, for a 402).
+    pub session_id: Option<u32>,
+    /// Opcode of the reply.
+    pub op: OpCode,
+    /// Body after the request digest.
+    pub body: BytesMut,
+}
+
+impl AdminReply {
+    fn error(op: OpCode, rc: ResponseCode, message: &str) -> Self {
+        let mut body = BytesMut::new();
+        codec::put_str(&mut body, message);
+        Self {
+            rc,
+            session_id: None,
+            op,
+            body,
+        }
+    }
+
+    fn ok(op: OpCode, body: BytesMut) -> Self {
+        Self {
+            rc: ResponseCode::SUCCESS,
+            session_id: None,
+            op,
+            body,
+        }
+    }
+}
+
+/// The digest of a challenged request as the challenge carries it: in the
+/// reply's version, type byte and digest from 2.1 (SHA-1, SHA-256 from
+/// 2.7), the old MD5 form (int4 length, digest) before.
+fn challenge_digest(m: &Message<'_>) -> (DigestAlg, Vec<u8>) {
+    let reply = m.envelope.reply();
+    let alg = digest_alg_for((reply.major, reply.minor));
+    let mut out = BytesMut::new();
+    put_request_digest(&mut out, alg, m.signed_part);
+    (alg, out.to_vec())
+}
+
+use idres_auth::challenge::raw_digest;
+
+impl Auth {
+    /// Opens a challenge for the administrative request `m` (whole message
+    /// bytes in `message`) and returns the 402 reply.
+    pub fn challenge(&self, m: &Message<'_>, message: &[u8], peer: &Peer) -> AdminReply {
+        let (alg, digest) = challenge_digest(m);
+        match self
+            .challenges
+            .issue(peer.addr.ip(), digest.clone(), message.to_vec())
+        {
+            Ok((session, nonce)) => {
+                // From 2.1 the reply writer puts the digest first (the
+                // challenge always has the digest flag); before, the nonce
+                // and then the MD5 digest make the body.
+                let mut body = BytesMut::new();
+                codec::put_bytes(&mut body, &nonce);
+                if alg == DigestAlg::OLD_MD5 {
+                    codec::put_bytes(&mut body, raw_digest(&digest));
+                }
+                AdminReply {
+                    rc: ResponseCode::AUTHENTICATION_NEEDED,
+                    session_id: Some(session),
+                    op: m.header.op_code,
+                    body,
+                }
+            }
+            Err(challenge::Busy) => AdminReply::error(
+                m.header.op_code,
+                ResponseCode::SERVER_TOO_BUSY,
+                "too many authentication challenges open; try again shortly",
+            ),
+        }
+    }
+
+    /// Checks the answer `m` to an open challenge; on success carries out
+    /// the challenged request for the identity proven (or logs the
+    /// connection in, for LOGIN_ID_SYSTEM).
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer(
+        &self,
+        store: &Arc<dyn Store>,
+        m: &Message<'_>,
+        auth_type: &str,
+        identity: &str,
+        index: u32,
+        response: &[u8],
+        peer: &mut Peer,
+        now: u32,
+    ) -> AdminReply {
+        let op = m.header.op_code;
+        let pending =
+            match self.challenges.take(m.envelope.session_id) {
+                Ok(p) => p,
+                Err(TakeError::Expired) => {
+                    return AdminReply::error(
+                        op,
+                        ResponseCode::AUTHEN_TIMEOUT,
+                        "the challenge has expired; send the request again",
+                    )
+                }
+                Err(TakeError::Unknown) => return AdminReply::error(
+                    op,
+                    ResponseCode::AUTHEN_ERROR,
+                    "no open challenge for this session: it was answered already, or never issued",
+                ),
+            };
+        let Ok(handle) = Handle::parse(identity) else {
+            return AdminReply::error(
+                op,
+                ResponseCode::INVALID_ADMIN,
+                &format!("{identity:?} is not a handle"),
+            );
+        };
+        let who = Identity { index, handle };
+        if let Err(e) = idres_auth::challenge::verify_answer(
+            &StoreView(store.as_ref()),
+            &self.secrets,
+            &who,
+            auth_type,
+            response,
+            &pending.nonce,
+            &pending.digest,
+        ) {
+            let rc = match e {
+                challenge::AnswerError::InvalidAdmin(_) => ResponseCode::INVALID_ADMIN,
+                challenge::AnswerError::Failed(_) => ResponseCode::AUTHENTICATION_FAILED,
+                challenge::AnswerError::InvalidCredential(_) => ResponseCode::INVALID_CREDENTIAL,
+                challenge::AnswerError::Storage(_) => ResponseCode::ERROR,
+            };
+            tracing::info!(identity = %who, peer = %peer.addr, error = %e, "authentication refused");
+            return AdminReply::error(op, rc, &e.to_string());
+        }
+        let Ok(original) = Message::parse_with_envelope(&pending.request) else {
+            return AdminReply::error(op, ResponseCode::ERROR, "challenged request lost");
+        };
+        let caller = Caller::Authenticated(who.clone());
+        if original.header.op_code == LOGIN_ID_SYSTEM {
+            tracing::info!(identity = %who, peer = %peer.addr, "logged in");
+            peer.login = Some(who);
+            return AdminReply::ok(LOGIN_ID_SYSTEM, BytesMut::new());
+        }
+        execute(store, &original, &caller, now)
+    }
+}
+
+/// Carries out the administrative request `m` for `caller`.
+pub fn execute(store: &Arc<dyn Store>, m: &Message<'_>, caller: &Caller, now: u32) -> AdminReply {
+    let op = m.header.op_code;
+    let request = match Request::decode(op, m.body) {
+        Ok(r) => r,
+        Err(e) => {
+            return AdminReply::error(
+                op,
+                ResponseCode::PROTOCOL_ERROR,
+                &format!("malformed {op:?} body: {e}"),
+            )
+        }
+    };
+    let flags = m.header.op_flags;
+    let parse = |raw: &str| {
+        Handle::parse(raw).map_err(|e| {
+            AdminReply::error(op, ResponseCode::INVALID_HANDLE, &format!("{raw:?}: {e}"))
+        })
+    };
+    let stamp = |mut values: Vec<HandleValue>| {
+        for v in &mut values {
+            v.timestamp = now;
+        }
+        values
+    };
+    // CREATE_HANDLE answers with the handle created (the minted one with
+    // MINT_NEW_SUFFIX), as the reference server does.
+    let mut created: Option<String> = None;
+    let mutation = match request {
+        Request::CreateHandle { handle, values } => {
+            let handle = if flags.has(OpFlags::MINT_NEW_SUFFIX) {
+                let name = format!("{}/{}", handle.trim_end_matches('/'), mint_suffix());
+                match parse(&name) {
+                    Ok(h) => h,
+                    Err(r) => return r,
+                }
+            } else {
+                match parse(handle) {
+                    Ok(h) => h,
+                    Err(r) => return r,
+                }
+            };
+            created = Some(handle.as_str().to_owned());
+            let values = stamp(values);
+            if flags.has(OpFlags::OVERWRITE) {
+                Mutation::Put { handle, values }
+            } else {
+                Mutation::Create { handle, values }
+            }
+        }
+        Request::DeleteHandle { handle } => match parse(handle) {
+            Ok(handle) => Mutation::Delete { handle },
+            Err(r) => return r,
+        },
+        Request::AddValue { handle, values } => match parse(handle) {
+            Ok(handle) => Mutation::AddValues {
+                handle,
+                values: stamp(values),
+            },
+            Err(r) => return r,
+        },
+        Request::RemoveValue { handle, indexes } => match parse(handle) {
+            Ok(handle) => Mutation::RemoveValues { handle, indexes },
+            Err(r) => return r,
+        },
+        Request::ModifyValue { handle, values } => match parse(handle) {
+            Ok(handle) => Mutation::ModifyValues {
+                handle,
+                values: stamp(values),
+            },
+            Err(r) => return r,
+        },
+        Request::ListHandles { prefix } => return list(store, op, prefix, caller),
+        _ => {
+            return AdminReply::error(
+                op,
+                ResponseCode::OPERATION_NOT_SUPPORTED,
+                &format!("operation {} is not supported", op.0),
+            )
+        }
+    };
+    let target = mutation.handle().map(|h| h.as_str().to_owned());
+    match store.write(PermissionGuard::request(caller, vec![mutation])) {
+        Ok(Ok(_)) => {
+            if let Some(identity) = caller.identity() {
+                tracing::info!(
+                    %identity,
+                    op = op.0,
+                    handle = target.as_deref().unwrap_or(""),
+                    "native administration applied"
+                );
+            }
+            let mut body = BytesMut::new();
+            if let Some(name) = created {
+                codec::put_str(&mut body, &name);
+            }
+            AdminReply::ok(op, body)
+        }
+        Ok(Err(e)) => {
+            let rc = match &e {
+                MutationError::HandleNotFound(_) => ResponseCode::HANDLE_NOT_FOUND,
+                MutationError::HandleExists(_) => ResponseCode::HANDLE_ALREADY_EXISTS,
+                MutationError::ValueExists { .. } => ResponseCode::VALUE_ALREADY_EXISTS,
+                MutationError::ValueNotFound { .. } => ResponseCode::VALUES_NOT_FOUND,
+                MutationError::Invalid { .. } => ResponseCode::INVALID_VALUE,
+                MutationError::Denied(d) => match d.kind {
+                    DeniedKind::AuthenticationNeeded => ResponseCode::AUTHENTICATION_NEEDED,
+                    DeniedKind::InvalidAdmin => ResponseCode::INVALID_ADMIN,
+                    _ => ResponseCode::INSUFFICIENT_PERMISSIONS,
+                },
+                _ => ResponseCode::ERROR,
+            };
+            AdminReply::error(op, rc, &e.to_string())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store write failed");
+            AdminReply::error(op, ResponseCode::ERROR, "storage error")
+        }
+    }
+}
+
+/// LIST_HANDLES: the handles of a prefix, for an identity with the
+/// list-handles bit on the prefix record. Reply body: int4 count, then each
+/// handle as str.
+fn list(store: &Arc<dyn Store>, op: OpCode, prefix_record: &str, caller: &Caller) -> AdminReply {
+    let Ok(record) = Handle::parse(prefix_record) else {
+        return AdminReply::error(op, ResponseCode::INVALID_HANDLE, "not a prefix handle");
+    };
+    let Some(prefix) = record.described_prefix() else {
+        return AdminReply::error(
+            op,
+            ResponseCode::INVALID_HANDLE,
+            "LIST_HANDLES names a prefix record such as 0.NA/88.118.8",
+        );
+    };
+    let view = StoreView(store.as_ref());
+    let own = match idres_store::StateView::values(&view, record.key()) {
+        Ok(v) => v,
+        Err(_) => return AdminReply::error(op, ResponseCode::ERROR, "storage error"),
+    };
+    if own.is_none() {
+        return AdminReply::error(
+            op,
+            ResponseCode::HANDLE_NOT_FOUND,
+            &format!("prefix {prefix} is not held here"),
+        );
+    }
+    if let Err(e) = idres_auth::require(
+        &view,
+        caller,
+        &record,
+        own.as_deref(),
+        &[idres_auth::Op::ListHandles],
+    ) {
+        let rc = match e {
+            idres_auth::Refusal::AuthenticationNeeded(_) => ResponseCode::AUTHENTICATION_NEEDED,
+            idres_auth::Refusal::Storage(_) => ResponseCode::ERROR,
+            _ => ResponseCode::INSUFFICIENT_PERMISSIONS,
+        };
+        return AdminReply::error(op, rc, &e.to_string());
+    }
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = match store.list(&prefix, after.as_deref(), 4096) {
+            Ok(p) => p,
+            Err(_) => return AdminReply::error(op, ResponseCode::ERROR, "storage error"),
+        };
+        let done = page.len() < 4096;
+        after = page.last().cloned();
+        names.extend(page);
+        if done || names.len() >= MAX_LIST {
+            break;
+        }
+    }
+    names.truncate(MAX_LIST);
+    let mut body = BytesMut::new();
+    body.put_u32(names.len() as u32);
+    for n in &names {
+        codec::put_str(&mut body, n);
+    }
+    AdminReply::ok(op, body)
+}
+
+/// A fresh random suffix for MINT_NEW_SUFFIX (a UUID v4).
+fn mint_suffix() -> String {
+    let mut b = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
