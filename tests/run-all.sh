@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # --- clients and tools the tests use -------------------------------------
 apt_packages=(bc dnsutils chromium chromium-driver)
-pip_packages=(pytest dnspython aioquic cryptography pyhandle==1.5.0 schemathesis==4.32.5 selenium==4.51.0 grpcio==1.85.3 grpcio-tools==1.85.1)
+pip_packages=(pytest dnspython aioquic cryptography gmssl==3.2.2 pyhandle==1.5.0 schemathesis==4.32.5 selenium==4.51.0 grpcio==1.85.3 grpcio-tools==1.85.1)
 
 missing=()
 for p in "${apt_packages[@]}"; do

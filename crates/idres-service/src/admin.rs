@@ -60,6 +60,10 @@ pub struct Peer {
     pub transport: Transport,
     /// The identity this TCP connection is logged in as (LOGIN_ID_SYSTEM).
     pub login: Option<Identity>,
+    /// The session id of the last challenge sent on this connection: an
+    /// answer that names its own session id instead (as CAICT's SDK does)
+    /// is matched to it.
+    pub last_challenge: Option<u32>,
 }
 
 impl Peer {
@@ -69,6 +73,7 @@ impl Peer {
             addr,
             transport,
             login: None,
+            last_challenge: None,
         }
     }
 }
@@ -80,6 +85,7 @@ pub struct Auth {
     secrets: Arc<SecretBox>,
     node_key: Option<Arc<NodeKey>>,
     challenges: Challenges<Vec<u8>>,
+    sessions: Sessions,
 }
 
 impl Auth {
@@ -89,7 +95,18 @@ impl Auth {
             secrets,
             node_key,
             challenges: Challenges::default(),
+            sessions: Sessions::default(),
         }
+    }
+
+    /// The same, with challenges that may be answered for `ttl`.
+    pub fn with_challenge_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.challenges = Challenges::new(
+            ttl,
+            challenge::DEFAULT_MAX_OPEN,
+            challenge::DEFAULT_MAX_PER_PEER,
+        );
+        self
     }
 
     /// The node's key, if it has one.
@@ -120,7 +137,7 @@ pub fn is_admin_op(op: OpCode) -> bool {
 /// Whether handling `op` may block on the store's writer or on key checks,
 /// so that async transports run it off their workers.
 pub fn may_block(op: OpCode) -> bool {
-    is_admin_op(op) || op == OpCode::CHALLENGE_RESPONSE
+    is_admin_op(op) || op == OpCode::CHALLENGE_RESPONSE || op == OpCode::SESSION_SETUP
 }
 
 /// A reply decided by the admin path: response code, the opcode to answer
@@ -135,6 +152,9 @@ pub struct AdminReply {
     pub op: OpCode,
     /// Body after the request digest.
     pub body: BytesMut,
+    /// For LIST_HANDLES: the handles, which the reply writer spreads over
+    /// continued messages on TCP (the body is then empty).
+    pub list: Option<Vec<String>>,
 }
 
 impl AdminReply {
@@ -146,6 +166,7 @@ impl AdminReply {
             session_id: None,
             op,
             body,
+            list: None,
         }
     }
 
@@ -155,6 +176,7 @@ impl AdminReply {
             session_id: None,
             op,
             body,
+            list: None,
         }
     }
 }
@@ -175,13 +197,16 @@ use idres_auth::challenge::raw_digest;
 impl Auth {
     /// Opens a challenge for the administrative request `m` (whole message
     /// bytes in `message`) and returns the 402 reply.
-    pub fn challenge(&self, m: &Message<'_>, message: &[u8], peer: &Peer) -> AdminReply {
+    pub fn challenge(&self, m: &Message<'_>, message: &[u8], peer: &mut Peer) -> AdminReply {
         let (alg, digest) = challenge_digest(m);
         match self
             .challenges
             .issue(peer.addr.ip(), digest.clone(), message.to_vec())
         {
             Ok((session, nonce)) => {
+                if peer.transport == Transport::Tcp {
+                    peer.last_challenge = Some(session);
+                }
                 // From 2.1 the reply writer puts the digest first (the
                 // challenge always has the digest flag); before, the nonce
                 // and then the MD5 digest make the body.
@@ -195,6 +220,7 @@ impl Auth {
                     session_id: Some(session),
                     op: m.header.op_code,
                     body,
+                    list: None,
                 }
             }
             Err(challenge::Busy) => AdminReply::error(
@@ -237,6 +263,10 @@ impl Auth {
                     "no open challenge for this session: it was answered already, or never issued",
                 ),
             };
+        // From here on, replies answer the challenged request.
+        let op = Message::parse_with_envelope(&pending.request)
+            .map(|o| o.header.op_code)
+            .unwrap_or(op);
         let Ok(handle) = Handle::parse(identity) else {
             return AdminReply::error(
                 op,
@@ -452,12 +482,22 @@ fn list(store: &Arc<dyn Store>, op: OpCode, prefix_record: &str, caller: &Caller
         }
     }
     names.truncate(MAX_LIST);
+    let mut reply = AdminReply::ok(op, BytesMut::new());
+    reply.list = Some(names);
+    reply
+}
+
+/// Handles per LIST_HANDLES message on TCP, as the reference server sends.
+pub const LIST_PER_MESSAGE: usize = 50;
+
+/// The body of one LIST_HANDLES message: int4 count, then each handle.
+pub fn list_body(names: &[String]) -> BytesMut {
     let mut body = BytesMut::new();
     body.put_u32(names.len() as u32);
-    for n in &names {
+    for n in names {
         codec::put_str(&mut body, n);
     }
-    AdminReply::ok(op, body)
+    body
 }
 
 /// A fresh random suffix for MINT_NEW_SUFFIX (a UUID v4).
@@ -475,4 +515,182 @@ fn mint_suffix() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// Key exchange by Diffie-Hellman (SESSION_SETUP mode 4).
+pub const KEY_EXCHANGE_DH: u16 = 4;
+/// Session cipher named in a DH session setup reply: AES.
+const CIPHER_AES: u32 = 3;
+/// Most sessions kept at once.
+const MAX_SESSIONS: usize = 65_536;
+/// Longest session a client may ask for.
+const MAX_SESSION_SECS: u32 = 86_400;
+/// Largest DH modulus accepted, in bytes (4096 bits).
+const MAX_DH_MODULUS: usize = 512;
+
+/// The sessions set up with SESSION_SETUP, by session id.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    open: std::sync::Mutex<std::collections::HashMap<u32, std::time::Instant>>,
+}
+
+impl Sessions {
+    fn open(&self, lifetime: std::time::Duration) -> Option<u32> {
+        let mut open = self.open.lock().ok()?;
+        let now = std::time::Instant::now();
+        if open.len() >= MAX_SESSIONS {
+            open.retain(|_, until| *until > now);
+            if open.len() >= MAX_SESSIONS {
+                return None;
+            }
+        }
+        let id = loop {
+            let id = rand::RngCore::next_u32(&mut rand::rngs::OsRng);
+            if id != 0 && !open.contains_key(&id) {
+                break id;
+            }
+        };
+        open.insert(id, now + lifetime);
+        Some(id)
+    }
+
+    fn close(&self, id: u32) -> bool {
+        self.open.lock().is_ok_and(|mut o| o.remove(&id).is_some())
+    }
+}
+
+fn read_u16(b: &[u8], at: &mut usize) -> Option<u16> {
+    let v = b.get(*at..*at + 2)?;
+    *at += 2;
+    Some(u16::from_be_bytes([v[0], v[1]]))
+}
+
+fn read_u32(b: &[u8], at: &mut usize) -> Option<u32> {
+    let v = b.get(*at..*at + 4)?;
+    *at += 4;
+    Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+}
+
+fn read_bytes<'a>(b: &'a [u8], at: &mut usize, max: usize) -> Option<&'a [u8]> {
+    let n = read_u32(b, at)? as usize;
+    if n > max {
+        return None;
+    }
+    let v = b.get(*at..*at + n)?;
+    *at += n;
+    Some(v)
+}
+
+impl Auth {
+    /// SESSION_SETUP (400). The Handle.Net client sets up a certified
+    /// session with Diffie-Hellman key exchange before its first
+    /// administrative request and goes no further without one. The node
+    /// answers with its half of the exchange (the client's group, a fresh
+    /// exponent) in a reply signed with its key, and opens the session.
+    ///
+    /// The node authenticates each administrative request by
+    /// challenge-response, within a session as outside one, and signs its
+    /// replies with its own key; it never relies on the session key, so
+    /// it does not keep it.
+    pub fn session_setup(&self, m: &Message<'_>) -> AdminReply {
+        let op = m.header.op_code;
+        let bad = |why: &str| {
+            AdminReply::error(
+                op,
+                ResponseCode::PROTOCOL_ERROR,
+                &format!("malformed SESSION_SETUP: {why}"),
+            )
+        };
+        let b = m.body;
+        let mut at = 0usize;
+        let Some(mode) = read_u16(b, &mut at) else {
+            return bad("no key exchange mode");
+        };
+        let Some(timeout) = read_u32(b, &mut at) else {
+            return bad("no timeout");
+        };
+        if read_bytes(b, &mut at, idres_model::MAX_HANDLE_LEN).is_none()
+            || read_u32(b, &mut at).is_none()
+        {
+            return bad("no identity");
+        }
+        if mode != KEY_EXCHANGE_DH {
+            return AdminReply::error(
+                op,
+                ResponseCode::OPERATION_NOT_SUPPORTED,
+                &format!("key exchange mode {mode} is not supported; use Diffie-Hellman (mode 4)"),
+            );
+        }
+        let Some(key) = read_bytes(b, &mut at, 4 * MAX_DH_MODULUS + 64) else {
+            return bad("no Diffie-Hellman key");
+        };
+        let Some((p, g)) = dh_group(key) else {
+            return bad("the Diffie-Hellman key is not a DH_PUB_KEY this node accepts");
+        };
+        let Some(session) = self.sessions.open(std::time::Duration::from_secs(u64::from(
+            timeout.clamp(60, MAX_SESSION_SECS),
+        ))) else {
+            return AdminReply::error(op, ResponseCode::SERVER_TOO_BUSY, "too many sessions open");
+        };
+        let mut x = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut x);
+        let y = rsa::BigUint::from_bytes_be(&g).modpow(
+            &rsa::BigUint::from_bytes_be(&x),
+            &rsa::BigUint::from_bytes_be(&p),
+        );
+        let mut dh = BytesMut::new();
+        codec::put_str(&mut dh, "DH_PUB_KEY");
+        dh.put_u16(0);
+        for n in [java_bigint(&y.to_bytes_be()), p, g] {
+            codec::put_bytes(&mut dh, &n);
+        }
+        let mut data = BytesMut::new();
+        data.put_u32(CIPHER_AES);
+        data.put_slice(&dh);
+        let mut body = BytesMut::new();
+        body.put_u16(KEY_EXCHANGE_DH);
+        codec::put_bytes(&mut body, &data);
+        body.put_u16(0);
+        let mut reply = AdminReply::ok(op, body);
+        reply.session_id = Some(session);
+        reply
+    }
+
+    /// SESSION_TERMINATE (401).
+    pub fn session_terminate(&self, m: &Message<'_>) -> AdminReply {
+        self.sessions.close(m.envelope.session_id);
+        AdminReply::ok(m.header.op_code, BytesMut::new())
+    }
+}
+
+/// The modulus and generator of a client's DH_PUB_KEY (y, p, g), each as
+/// Java writes them, checked for size.
+fn dh_group(key: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut at = 0usize;
+    let tag = read_bytes(key, &mut at, 64)?;
+    if tag != b"DH_PUB_KEY" {
+        return None;
+    }
+    read_u16(key, &mut at)?;
+    let y = read_bytes(key, &mut at, MAX_DH_MODULUS + 1)?;
+    let p = read_bytes(key, &mut at, MAX_DH_MODULUS + 1)?;
+    let g = read_bytes(key, &mut at, MAX_DH_MODULUS + 1)?;
+    let pn = rsa::BigUint::from_bytes_be(p);
+    let gn = rsa::BigUint::from_bytes_be(g);
+    let yn = rsa::BigUint::from_bytes_be(y);
+    let one = rsa::BigUint::from(1u8);
+    if pn.bits() < 512 || gn <= one || gn >= pn || yn <= one || yn >= pn {
+        return None;
+    }
+    Some((p.to_vec(), g.to_vec()))
+}
+
+/// A positive number's magnitude as Java's `BigInteger.toByteArray`.
+fn java_bigint(mag: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(mag.len() + 1);
+    if mag.first().is_some_and(|b| b & 0x80 != 0) {
+        v.push(0);
+    }
+    v.extend_from_slice(mag);
+    v
 }

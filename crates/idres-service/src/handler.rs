@@ -246,7 +246,15 @@ impl Handler {
                 }
                 _ => self.auth.challenge(m, message, peer),
             };
-            return self.admin_reply(m, reply, now, out);
+            return self.admin_reply(m, reply, peer, now, out);
+        }
+        if op == OpCode::SESSION_SETUP {
+            let reply = self.auth.session_setup(m);
+            return self.admin_reply(m, reply, peer, now, out);
+        }
+        if op == OpCode::SESSION_TERMINATE {
+            let reply = self.auth.session_terminate(m);
+            return self.admin_reply(m, reply, peer, now, out);
         }
         if op == OpCode::CHALLENGE_RESPONSE {
             let reply = match Request::decode(op, m.body) {
@@ -275,7 +283,7 @@ impl Handler {
                     )
                 }
             };
-            return self.admin_reply(m, reply, now, out);
+            return self.admin_reply(m, reply, peer, now, out);
         }
         let request = match Request::decode(m.header.op_code, m.body) {
             Ok(r) => r,
@@ -325,6 +333,7 @@ impl Handler {
         &self,
         m: &Message<'_>,
         reply: admin::AdminReply,
+        peer: &Peer,
         now: u32,
         out: &mut BytesMut,
     ) -> Outcome {
@@ -348,6 +357,30 @@ impl Handler {
         {
             // The challenge always carries the request digest.
             header.op_flags = OpFlags(header.op_flags.0 | OpFlags::RETURN_DIGEST);
+        }
+        if let Some(names) = &reply.list {
+            // On TCP a long list goes as several messages, all but the last
+            // marked continuous; elsewhere in one message.
+            let chunks: Vec<&[String]> = if peer.transport == Transport::Tcp && !names.is_empty() {
+                names.chunks(admin::LIST_PER_MESSAGE).collect()
+            } else {
+                vec![names.as_slice()]
+            };
+            let last = chunks.len() - 1;
+            let shaped = Message {
+                envelope,
+                header,
+                ..m.clone()
+            };
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                let mut w = self.begin(&shaped, reply.rc, now, out);
+                if i < last {
+                    w.mark_continuous();
+                }
+                w.body().put_slice(&admin::list_body(chunk));
+                self.finish(&shaped, w);
+            }
+            return Outcome::Reply;
         }
         let shaped = Message {
             envelope,

@@ -340,6 +340,16 @@ impl<'b> ReplyWriter<'b> {
         Self { out, start }
     }
 
+    /// Marks the reply as one of several answering the same request, with
+    /// more to follow ([`OpFlags::CONTINUOUS`]: a long LIST_HANDLES).
+    pub fn mark_continuous(&mut self) {
+        let at = self.start + ENVELOPE_LEN + 8;
+        if let Some(b) = self.out.get_mut(at..at + 4) {
+            let flags = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) | OpFlags::CONTINUOUS;
+            b.copy_from_slice(&flags.to_be_bytes());
+        }
+    }
+
     /// The buffer to write the rest of the body into.
     pub fn body(&mut self) -> &mut BytesMut {
         self.out

@@ -101,6 +101,8 @@ pub struct HandleConfig {
     pub max_tcp_connections: usize,
     /// Seconds a TCP connection may stay idle.
     pub tcp_idle_secs: u64,
+    /// Seconds an authentication challenge may be answered.
+    pub challenge_ttl_secs: u64,
 }
 
 impl Default for HandleConfig {
@@ -110,6 +112,7 @@ impl Default for HandleConfig {
             udp_workers: 0,
             max_tcp_connections: 1024,
             tcp_idle_secs: 30,
+            challenge_ttl_secs: 60,
         }
     }
 }

@@ -220,7 +220,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let handler = Arc::new(Handler::with_auth(
         Arc::clone(&dyn_store),
         identity,
-        Auth::new(secrets, node_key),
+        Auth::new(secrets, node_key)
+            .with_challenge_ttl(Duration::from_secs(config.handle.challenge_ttl_secs.max(1))),
     ));
     let udp = UdpServer::start(Arc::clone(&handler), udp_sockets).context("starting UDP")?;
     tcp_listener.set_nonblocking(true)?;
