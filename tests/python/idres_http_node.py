@@ -5,17 +5,24 @@ fresh data directory, then starts `idres serve` on loopback ports it picks
 itself (port 0) and learns them from the `listening <face> <addr>` lines.
 With `tls=True` it first makes a test PKI with the `cryptography` package:
 a CA, a server certificate for localhost/127.0.0.1, and client
-certificates whose CN is an `index:handle` identity. Every wait is bounded.
+certificates whose CN is an `index:handle` identity. It can also give the
+node a key (`--node-key`), extra configuration, and records imported with
+`idres import` before the node starts. Every wait is bounded.
+
+The binary is rebuilt from time to time by others: a missing or
+half-written binary is waited for (bounded) and the command retried.
 """
 
 import base64
 import datetime
 import ipaddress
+import json
 import os
 import queue
 import re
 import subprocess
 import threading
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,6 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 IDRES = os.environ.get("IDRES_BIN", os.path.join(ROOT, "target", "debug", "idres"))
 ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")
 WAIT = 30
+#: how long to wait for a binary that is being rebuilt
+BINARY_WAIT = 180
 
 PREFIX = "88.118.8"
 ADMIN = "300:88.118.8/ADMIN"
@@ -112,11 +121,51 @@ def make_pki(directory, client_identities):
     return paths
 
 
+def _binary_ready():
+    """Waits (bounded) until the binary exists and is executable."""
+    deadline = time.monotonic() + BINARY_WAIT
+    while not (os.path.isfile(IDRES) and os.access(IDRES, os.X_OK)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"build the binary first: {IDRES}")
+        time.sleep(5)
+
+
+def _retrying(start):
+    """Runs start() (which execs the binary), retrying while the binary is
+    missing or being written (ENOENT, ETXTBSY, exec format error)."""
+    deadline = time.monotonic() + BINARY_WAIT
+    while True:
+        _binary_ready()
+        try:
+            return start()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(30)
+
+
+def run_idres(*args, timeout=60, check=True):
+    """Runs `idres ARGS` to completion; returns the CompletedProcess (text)."""
+    r = _retrying(lambda: subprocess.run([IDRES, *map(str, args)], capture_output=True, text=True,
+                                         timeout=timeout))
+    if check:
+        assert r.returncode == 0, f"idres {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr}"
+    return r
+
+
 class Node:
     """A running `idres serve`."""
 
     def __init__(self, proc, base, handle_addr, data_dir):
         self.proc, self.base, self.handle_addr, self.data_dir = proc, base, handle_addr, data_dir
+
+    @property
+    def handle_host(self):
+        return self.handle_addr.rsplit(":", 1)[0]
+
+    @property
+    def handle_port(self):
+        return int(self.handle_addr.rsplit(":", 1)[1])
 
     def stop(self):
         if self.proc.poll() is None:
@@ -128,41 +177,71 @@ class Node:
                 self.proc.wait(timeout=5)
 
 
-def start_node(directory, tls=None):
-    """Initialises prefix 88.118.8 with ADMIN/SECRET and serves HTTP(S).
+def start_node(directory, tls=None, node_key=None, extra_config="", records=None):
+    """Initialises prefix 88.118.8 with ADMIN/SECRET and serves HTTP(S) and
+    the Handle protocol (TCP and UDP on one port).
 
     `tls` is the dict of `make_pki` (HTTPS with its CA as client CA) or None
-    (plain HTTP).
+    (plain HTTP). `node_key` is a key file of `idres keygen` (serve
+    --node-key). `extra_config` is TOML appended to the configuration file
+    (e.g. "[handle]\nchallenge_ttl_secs = 1\n"). `records` is a list of
+    JSON records (the `idres import` format) imported before the node
+    starts.
     """
-    assert os.path.exists(IDRES), f"build the binary first: {IDRES}"
+    _binary_ready()
     data = os.path.join(directory, "data")
     secret_file = os.path.join(directory, "admin.secret")
     with open(secret_file, "w") as f:
         f.write(SECRET + "\n")
-    init = [IDRES, "init-prefix", "--data-dir", data, "--prefix", PREFIX, "--admin", ADMIN,
-            "--secret-file", secret_file]
-    subprocess.run(init, check=True, timeout=60, capture_output=True)
+    run_idres("init-prefix", "--data-dir", data, "--prefix", PREFIX, "--admin", ADMIN,
+              "--secret-file", secret_file)
+    if records:
+        path = os.path.join(directory, "records.jsonl")
+        with open(path, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        run_idres("import", "--data-dir", data, path)
     config = os.path.join(directory, "idres.toml")
     with open(config, "w") as f:
         f.write("[http]\n")
         if tls:
             f.write(f'tls_cert = "{tls["server_cert"]}"\ntls_key = "{tls["server_key"]}"\n'
                     f'client_ca = "{tls["ca"]}"\n')
-    proc = subprocess.Popen(
-        [IDRES, "serve", "--config", config, "--data-dir", data,
-         "--handle-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    lines = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    faces = {}
+        if extra_config:
+            f.write("\n" + extra_config.rstrip("\n") + "\n")
+    cmd = [IDRES, "serve", "--config", config, "--data-dir", data,
+           "--handle-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+    if node_key:
+        cmd += ["--node-key", str(node_key)]
     want = "https" if tls else "http"
-    try:
-        while not {want, "handle"} <= faces.keys():
-            line = lines.get(timeout=WAIT)
+    for attempt in range(2):
+        proc = _retrying(lambda: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                                  text=True))
+        lines = queue.Queue()
+        threading.Thread(target=lambda p=proc, q=lines: [q.put(line) for line in p.stdout],
+                         daemon=True).start()
+        faces = {}
+        deadline = time.monotonic() + WAIT
+        while not {want, "handle"} <= faces.keys() and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                if proc.poll() is not None and lines.empty():
+                    break  # died before announcing
+                continue
             m = re.match(r"listening (\w+) (127\.0\.0\.1:\d+)", line)
             if m:
                 faces[m.group(1)] = m.group(2)
-    except queue.Empty:
-        proc.kill()
-        raise AssertionError(f"node did not announce its faces within {WAIT}s: {faces}")
+        if {want, "handle"} <= faces.keys():
+            break
+        died = proc.poll() is not None
+        if not died:
+            proc.kill()
+        proc.wait(timeout=5)
+        # a binary being rebuilt may start and die: wait and try once more
+        if attempt == 0 and died:
+            time.sleep(30)
+            continue
+        raise AssertionError(f"node did not announce its faces within {WAIT}s: {faces} "
+                             f"(exit code {proc.returncode})")
     return Node(proc, f"{want}://{faces[want]}", faces["handle"], data)

@@ -201,6 +201,9 @@ mod tests {
         fn values(&self, key: &str) -> Result<Option<Vec<HandleValue>>, idres_store::StoreError> {
             Ok(self.0.get(key).cloned())
         }
+        fn aux(&self, _: &str, _: &[u8]) -> Result<Option<Vec<u8>>, idres_store::StoreError> {
+            Ok(None)
+        }
     }
 
     fn put(out: &mut Vec<u8>, b: &[u8]) {

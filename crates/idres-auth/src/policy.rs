@@ -139,6 +139,10 @@ impl StateView for StoreView<'_> {
             }),
         }
     }
+
+    fn aux(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.aux_get(space, key)
+    }
 }
 
 /// Works out what `identity` is granted over `handle`, whose current values
@@ -430,6 +434,9 @@ mod tests {
     impl StateView for Map {
         fn values(&self, key: &str) -> Result<Option<Vec<HandleValue>>, StoreError> {
             Ok(self.0.get(key).cloned())
+        }
+        fn aux(&self, _: &str, _: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(None)
         }
     }
 

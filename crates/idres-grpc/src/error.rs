@@ -82,6 +82,7 @@ impl ServiceError {
             MutationError::Invalid { handle, source } => {
                 Self::invalid(field, format!("for {handle}: {source}"))
             }
+            MutationError::Denied(d) => Self::PermissionDenied(d.message),
             other => Self::InvalidArgument {
                 field: field.to_owned(),
                 reason: other.to_string(),

@@ -148,6 +148,50 @@ pub struct NodeRegistry {
     store: Arc<dyn Store>,
     lock: tokio::sync::Mutex<()>,
     prefixes: RwLock<Arc<BTreeMap<String, pb::PrefixAllocation>>>,
+    /// Bumped after every durable change of a filing's state or
+    /// certificate, so that open streams re-check their caller at once.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// The precondition of every write a node makes: its filing, as the
+/// writer sees it when it applies the write, is active. A write queued
+/// before a suspension or revocation that lands after it is refused.
+#[derive(Debug)]
+pub struct ActiveFiling {
+    /// The filing.
+    pub id: String,
+}
+
+impl idres_store::WriteGuard for ActiveFiling {
+    fn check(
+        &self,
+        state: &dyn idres_store::StateView,
+        _mutations: &[Mutation],
+    ) -> Result<(), idres_store::Denied> {
+        let denied = |message: String| idres_store::Denied {
+            kind: idres_store::DeniedKind::InsufficientPermissions,
+            message,
+        };
+        let stored = state
+            .aux(FILING, self.id.as_bytes())
+            .map_err(|e| denied(format!("storage error: {e}")))?
+            .ok_or_else(|| denied(format!("no filing {}", self.id)))?;
+        let f = pb::Filing::decode(stored.as_slice())
+            .map_err(|e| denied(format!("stored filing {}: {e}", self.id)))?;
+        if f.state == FilingState::Active as i32 {
+            Ok(())
+        } else {
+            Err(denied(format!(
+                "node {} is {}: {}",
+                f.id,
+                FilingState::try_from(f.state)
+                    .unwrap_or(FilingState::Unspecified)
+                    .as_str_name()
+                    .to_ascii_lowercase(),
+                f.reason
+            )))
+        }
+    }
 }
 
 /// A change to commit: mutations plus the audit event describing them.
@@ -175,7 +219,36 @@ impl NodeRegistry {
             store,
             lock: tokio::sync::Mutex::new(()),
             prefixes: RwLock::new(Arc::new(map)),
+            changes: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Changes whenever a filing's state or certificate changed durably.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The filing `id` as stored now, if it is active; why not otherwise.
+    /// Open streams call this whenever [`NodeRegistry::watch`] changes.
+    pub fn still_active(&self, id: &str, sha256: &str) -> ServiceResult<pb::Filing> {
+        let f = self.filing(id)?;
+        if f.certificate_sha256 != sha256 {
+            return Err(ServiceError::PermissionDenied(format!(
+                "node {id} is now bound to another certificate"
+            )));
+        }
+        Caller::Node(
+            PeerCert {
+                sha256: sha256.to_owned(),
+                subject: String::new(),
+                der: Vec::new(),
+                operator: false,
+                node_ca: true,
+            },
+            Box::new(f.clone()),
+        )
+        .active_node()?;
+        Ok(f)
     }
 
     /// The store.
@@ -429,24 +502,45 @@ impl NodeRegistry {
         f.updated_at = now();
         let mut stored = f.clone();
         stored.prefixes.clear();
-        self.commit(Change {
-            mutations: vec![Mutation::PutAux {
-                space: FILING.into(),
-                key: f.id.as_bytes().to_vec(),
-                value: stored.encode_to_vec(),
-            }],
-            audit: pb::AuditEvent {
-                actor: caller.actor(),
-                action: action.into(),
-                filing_id: f.id.clone(),
-                from_state: state as i32,
-                to_state: to as i32,
-                reason: req.reason,
-                actor_certificate_sha256: caller.sha256().to_owned(),
-                ..Default::default()
-            },
-        })
-        .await?;
+        let mut mutations = vec![Mutation::PutAux {
+            space: FILING.into(),
+            key: f.id.as_bytes().to_vec(),
+            value: stored.encode_to_vec(),
+        }];
+        // A node that may no longer serve is no longer referred to: its
+        // prefix records lose their HS_SITE, so this node answers for its
+        // prefixes from the escrowed copies; reinstated, they get it back.
+        let withdrawn = matches!(to, FilingState::Suspended | FilingState::Revoked);
+        if withdrawn || to == FilingState::Active {
+            for a in self.table().values().filter(|a| a.filing_id == f.id) {
+                let prefix = parse_prefix(&a.prefix, "prefix")?;
+                let mut values = Self::prefix_record(&f, &prefix)?;
+                if withdrawn {
+                    values.retain(|v| !v.value_type.eq_ignore_ascii_case(types::HS_SITE));
+                }
+                mutations.push(Mutation::Put {
+                    handle: prefix.record_handle(),
+                    values,
+                });
+            }
+        }
+        let committed = self
+            .commit(Change {
+                mutations,
+                audit: pb::AuditEvent {
+                    actor: caller.actor(),
+                    action: action.into(),
+                    filing_id: f.id.clone(),
+                    from_state: state as i32,
+                    to_state: to as i32,
+                    reason: req.reason,
+                    actor_certificate_sha256: caller.sha256().to_owned(),
+                    ..Default::default()
+                },
+            })
+            .await;
+        self.changes.send_modify(|g| *g += 1);
+        committed?;
         Ok(f)
     }
 
@@ -520,35 +614,38 @@ impl NodeRegistry {
         f.updated_at = now();
         let mut stored = f.clone();
         stored.prefixes.clear();
-        self.commit(Change {
-            mutations: vec![
-                Mutation::DeleteAux {
-                    space: FILING_BY_CERT.into(),
-                    key: old.as_bytes().to_vec(),
+        let committed = self
+            .commit(Change {
+                mutations: vec![
+                    Mutation::DeleteAux {
+                        space: FILING_BY_CERT.into(),
+                        key: old.as_bytes().to_vec(),
+                    },
+                    Mutation::PutAux {
+                        space: FILING_BY_CERT.into(),
+                        key: sha.as_bytes().to_vec(),
+                        value: id.as_bytes().to_vec(),
+                    },
+                    Mutation::PutAux {
+                        space: FILING.into(),
+                        key: id.as_bytes().to_vec(),
+                        value: stored.encode_to_vec(),
+                    },
+                ],
+                audit: pb::AuditEvent {
+                    actor: caller.actor(),
+                    action: "rotate".into(),
+                    filing_id: id.clone(),
+                    from_state: state as i32,
+                    to_state: state as i32,
+                    reason: req.reason,
+                    actor_certificate_sha256: caller.sha256().to_owned(),
+                    ..Default::default()
                 },
-                Mutation::PutAux {
-                    space: FILING_BY_CERT.into(),
-                    key: sha.as_bytes().to_vec(),
-                    value: id.as_bytes().to_vec(),
-                },
-                Mutation::PutAux {
-                    space: FILING.into(),
-                    key: id.as_bytes().to_vec(),
-                    value: stored.encode_to_vec(),
-                },
-            ],
-            audit: pb::AuditEvent {
-                actor: caller.actor(),
-                action: "rotate".into(),
-                filing_id: id.clone(),
-                from_state: state as i32,
-                to_state: state as i32,
-                reason: req.reason,
-                actor_certificate_sha256: caller.sha256().to_owned(),
-                ..Default::default()
-            },
-        })
-        .await?;
+            })
+            .await;
+        self.changes.send_modify(|g| *g += 1);
+        committed?;
         Ok(f)
     }
 

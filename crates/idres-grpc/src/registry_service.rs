@@ -18,7 +18,7 @@ use crate::convert::values_from_pb;
 use crate::core::Core;
 use crate::error::{ServiceError, ServiceResult};
 use crate::pb::{self, registry_service_server::RegistryService, OperationKind};
-use crate::registry::Caller;
+use crate::registry::{ActiveFiling, Caller};
 
 /// Most operations of one batch.
 pub const MAX_BATCH: usize = 10_000;
@@ -98,6 +98,19 @@ impl RegistryServiceImpl {
         }
     }
 
+    /// The scope again, from the filing as stored now: streams call this
+    /// when a filing changed, and end when the node may no longer write.
+    fn recheck(&self, scope: &Scope) -> ServiceResult<Scope> {
+        match scope {
+            Scope::Operator(_) => Ok(scope.clone()),
+            Scope::Node(f) => Ok(Scope::Node(Box::new(
+                self.core
+                    .registry
+                    .still_active(&f.id, &f.certificate_sha256)?,
+            ))),
+        }
+    }
+
     /// The write request of an operation, or why it is refused.
     fn prepare(&self, scope: &Scope, op: &pb::Operation, now: u32) -> ServiceResult<WriteRequest> {
         if op.operation_id.is_empty() || op.operation_id.len() > MAX_OPERATION_ID {
@@ -154,6 +167,17 @@ impl RegistryServiceImpl {
                 ))
             }
         };
+        let mut mutations = mutations;
+        if let Scope::Node(f) = scope {
+            // Decided by the writer against the filing as it stands when
+            // the write is applied.
+            mutations.insert(
+                0,
+                Mutation::Require {
+                    guard: Arc::new(ActiveFiling { id: f.id.clone() }),
+                },
+            );
+        }
         let mut key = scope.key_prefix().into_bytes();
         key.extend_from_slice(op.operation_id.as_bytes());
         Ok(WriteRequest {
@@ -251,7 +275,8 @@ impl RegistryService for RegistryServiceImpl {
         &self,
         req: Request<Streaming<pb::Operation>>,
     ) -> Result<Response<pb::RegisterStreamSummary>, Status> {
-        let scope = self.scope(&req)?;
+        let mut scope = self.scope(&req)?;
+        let mut changes = self.core.registry.watch();
         let mut stream = req.into_inner();
         let window = Arc::new(Semaphore::new(STREAM_WINDOW));
         let (tx, mut rx) = mpsc::unbounded_channel::<pb::OperationResult>();
@@ -268,7 +293,17 @@ impl RegistryService for RegistryServiceImpl {
                 summary.failures.push(r);
             }
         };
-        while let Some(op) = stream.next().await {
+        loop {
+            let op = tokio::select! {
+                op = stream.next() => op,
+                changed = changes.changed() => {
+                    if changed.is_ok() {
+                        scope = self.recheck(&scope)?;
+                    }
+                    continue;
+                }
+            };
+            let Some(op) = op else { break };
             let op = op?;
             summary.received += 1;
             let permit = Arc::clone(&window)

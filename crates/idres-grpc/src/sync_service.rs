@@ -92,6 +92,11 @@ impl SyncService for SyncServiceImpl {
         let filter = Filter::parse(&req.get_ref().prefixes)
             .map_err(|(i, e)| ServiceError::invalid(format!("prefixes[{i}]"), e))?;
         self.authorise(&req, &filter)?;
+        // A node's subscription lasts while its filing stays active.
+        let follower = match (self.core.role, self.core.caller(&req)?) {
+            (Role::Top, Caller::Node(_, f)) => Some((f.id.clone(), f.certificate_sha256.clone())),
+            _ => None,
+        };
         let r = req.into_inner();
         let store = Arc::clone(&self.core.store);
         let last = store.last_seq();
@@ -115,7 +120,12 @@ impl SyncService for SyncServiceImpl {
                 let _ = tx.blocking_send(Err(e.into()));
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let Some((id, sha)) = follower else {
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        };
+        let (out, out_rx) = mpsc::channel(8);
+        tokio::spawn(watch_filing(Arc::clone(&self.core), id, sha, rx, out));
+        Ok(Response::new(ReceiverStream::new(out_rx)))
     }
 
     async fn digest(
@@ -158,6 +168,64 @@ impl SyncService for SyncServiceImpl {
             role: self.core.role.as_str().into(),
         }))
     }
+}
+
+/// Forwards a node's subscription from `from` to `to` while its filing
+/// stays active: whenever a filing changes, the node's is read again, and
+/// once it is suspended, revoked or bound to another certificate the
+/// stream ends with PERMISSION_DENIED (the producer stops when it finds
+/// its channel closed).
+async fn watch_filing(
+    core: Arc<Core>,
+    id: String,
+    sha256: String,
+    mut from: mpsc::Receiver<Result<pb::SyncBatch, Status>>,
+    to: Tx,
+) {
+    let mut changes = core.registry.watch();
+    let mut pending: Option<Result<pb::SyncBatch, Status>> = None;
+    loop {
+        if let Some(item) = pending.take() {
+            tokio::select! {
+                permit = to.reserve() => match permit {
+                    Ok(permit) => permit.send(item),
+                    Err(_) => return,
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if let Err(e) = core.registry.still_active(&id, &sha256) {
+                        end(&to, e).await;
+                        return;
+                    }
+                    pending = Some(item);
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            item = from.recv() => match item {
+                Some(item) => pending = Some(item),
+                None => return,
+            },
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if let Err(e) = core.registry.still_active(&id, &sha256) {
+                    end(&to, e).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Ends a subscription with `e`, waiting a bounded time for room in the
+/// channel; the stream ends when the sender is dropped in any case.
+async fn end(to: &Tx, e: ServiceError) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), to.send(Err(e.into()))).await;
 }
 
 /// A digest of every record under `prefix` ("" = all), as the proto says.

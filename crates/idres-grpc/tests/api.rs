@@ -1182,3 +1182,140 @@ async fn plaintext_is_for_loopback_development_only() {
         .into_inner();
     assert!(nodes.filings.is_empty());
 }
+
+/// Waits at most `limit` for the next item of a stream that must end in
+/// an error; returns the error and how long it took.
+async fn next_error<S>(
+    stream: &mut S,
+    limit: std::time::Duration,
+) -> (tonic::Status, std::time::Duration)
+where
+    S: tokio_stream::Stream<Item = Result<pb::SyncBatch, tonic::Status>> + Unpin,
+{
+    use tokio_stream::StreamExt as _;
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), stream.next()).await {
+            Err(_) => panic!("the stream was still open after {limit:?}"),
+            Ok(None) => panic!("the stream ended without an error"),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(e))) => return (e, started.elapsed()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_or_revoked_node_loses_its_streams_and_its_referrals() {
+    let pki = Pki::new();
+    let top = Server::start(&pki, Role::Top).await;
+    let mut opc = Clients::new(
+        top.channel(&pki, &pki.ca.issue_operator("alice").unwrap())
+            .await,
+    );
+    let n1 = pki.ca.issue_node("node-1").unwrap();
+    let mut node = Clients::new(top.channel(&pki, &n1).await);
+    let id = active_node(&mut node, &mut opc, "88.118.8", 26411).await;
+    node.registry
+        .register(op(
+            "r1",
+            OperationKind::Create,
+            "88.118.8/ESCROWED",
+            vec![url_value(1, "https://factory.example.cn/escrowed")],
+        ))
+        .await
+        .unwrap();
+    let top_store: Arc<dyn Store> = top.store.clone();
+    let top_handler = Handler::new(
+        Arc::clone(&top_store),
+        NodeIdentity {
+            site: SiteInfo::single("127.0.0.1:2641".parse().unwrap(), "top"),
+            service_handles: vec![],
+        },
+    );
+    assert_eq!(
+        handle_resolve(&top_handler, "88.118.8/ESCROWED").0,
+        ResponseCode::SERVICE_REFERRAL
+    );
+
+    for (suspend, action) in [(true, "suspend"), (false, "revoke")] {
+        // A subscription and a registration stream opened while active.
+        let mut sync = node.sync.clone();
+        let mut follow = sync
+            .subscribe(pb::SubscribeRequest {
+                from_seq: 1,
+                prefixes: vec!["0.NA".into(), "88.118.8".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (ops_tx, ops_rx) = tokio::sync::mpsc::channel::<pb::Operation>(16);
+        let mut registry = node.registry.clone();
+        let register = tokio::spawn(async move {
+            registry
+                .register_stream(tokio_stream::wrappers::ReceiverStream::new(ops_rx))
+                .await
+        });
+        ops_tx
+            .send(op(
+                &format!("s-{action}"),
+                OperationKind::Upsert,
+                &format!("88.118.8/BEFORE-{action}"),
+                vec![url_value(1, "https://factory.example.cn/before")],
+            ))
+            .await
+            .unwrap();
+        // Let both streams get going.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+        let req = pb::TransitionRequest {
+            id: id.clone(),
+            reason: format!("{action} in a test"),
+        };
+        if suspend {
+            opc.node.suspend(req).await.unwrap();
+        } else {
+            opc.node.revoke(req).await.unwrap();
+        }
+        let (e, took) = next_error(&mut follow, std::time::Duration::from_secs(1)).await;
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains(&id), "{e:?}");
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(1), register)
+            .await
+            .expect("the registration stream was still open after 1 s")
+            .unwrap();
+        assert_eq!(ended.unwrap_err().code(), Code::PermissionDenied);
+        // Nothing more is written for the node, whatever the stream.
+        let late = node
+            .registry
+            .register(op(
+                &format!("late-{action}"),
+                OperationKind::Upsert,
+                "88.118.8/LATE",
+                vec![url_value(1, "https://factory.example.cn/late")],
+            ))
+            .await;
+        assert_eq!(late.unwrap_err().code(), Code::PermissionDenied);
+        assert!(top.store.get("88.118.8/LATE").unwrap().is_none());
+        // The top no longer refers clients to the node: it answers from
+        // the escrowed copy.
+        let (rc, reply) = handle_resolve(&top_handler, "88.118.8/ESCROWED");
+        assert_eq!(rc, ResponseCode::SUCCESS, "{reply:?}");
+        if suspend {
+            opc.node
+                .reinstate(pb::TransitionRequest {
+                    id: id.clone(),
+                    reason: "resolved".into(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                handle_resolve(&top_handler, "88.118.8/ESCROWED").0,
+                ResponseCode::SERVICE_REFERRAL,
+                "reinstated, the node is referred to again"
+            );
+        }
+    }
+    top.stop().await;
+}

@@ -247,8 +247,15 @@ impl Auth {
         now: u32,
     ) -> AdminReply {
         let op = m.header.op_code;
+        let mut taken = self.challenges.take(m.envelope.session_id);
+        if let (Err(TakeError::Unknown), Some(last)) = (&taken, peer.last_challenge) {
+            if last != m.envelope.session_id {
+                taken = self.challenges.take(last);
+            }
+        }
+        peer.last_challenge = None;
         let pending =
-            match self.challenges.take(m.envelope.session_id) {
+            match taken {
                 Ok(p) => p,
                 Err(TakeError::Expired) => {
                     return AdminReply::error(

@@ -193,6 +193,9 @@ pub enum Mutation {
 pub trait StateView {
     /// The values of a handle (canonical key), `None` if it does not exist.
     fn values(&self, key: &str) -> Result<Option<Vec<HandleValue>>, StoreError>;
+
+    /// A value of an auxiliary key space.
+    fn aux(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 /// A precondition checked by the writer; see [`Mutation::Require`].

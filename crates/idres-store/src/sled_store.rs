@@ -447,6 +447,8 @@ struct Group<'s> {
     batch: sled::Batch,
     /// Records changed in this group: key -> new stored bytes or deleted.
     overlay: HashMap<String, Option<sled::IVec>>,
+    /// Auxiliary keys changed in this group: full key -> value or deleted.
+    aux_overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     idempotency: HashMap<Vec<u8>, u64>,
     next_seq: u64,
     count_delta: isize,
@@ -595,8 +597,14 @@ impl<'s> Group<'s> {
         }
         for (key, value) in aux {
             match value {
-                Some(v) => self.put(key, v),
-                None => self.del(key),
+                Some(v) => {
+                    self.aux_overlay.insert(key.clone(), Some(v.clone()));
+                    self.put(key, v);
+                }
+                None => {
+                    self.aux_overlay.insert(key.clone(), None);
+                    self.del(key);
+                }
             }
         }
         for key in order {
@@ -709,6 +717,14 @@ struct GroupView<'g, 's>(&'g Group<'s>);
 impl StateView for GroupView<'_, '_> {
     fn values(&self, key: &str) -> Result<Option<Vec<HandleValue>>, StoreError> {
         self.0.current(key)
+    }
+
+    fn aux(&self, space: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = keys::aux(space, key);
+        if let Some(v) = self.0.aux_overlay.get(&k) {
+            return Ok(v.clone());
+        }
+        Ok(self.0.shared.db.get(k).map_err(io)?.map(|v| v.to_vec()))
     }
 }
 
@@ -881,6 +897,7 @@ fn commit_group(
         shared,
         batch: sled::Batch::default(),
         overlay: HashMap::new(),
+        aux_overlay: HashMap::new(),
         idempotency: HashMap::new(),
         next_seq: first_seq,
         count_delta: 0,
