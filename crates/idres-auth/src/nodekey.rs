@@ -222,6 +222,37 @@ impl NodeKey {
     }
 }
 
+impl NodeKey {
+    /// Signs a challenge for an administrator whose handle is
+    /// `identity_handle`: the hash name and the signature over
+    /// `nonce ‖ digest` (RSA, SHA-256), or over SM3(`nonce ‖ digest`) with
+    /// the handle as SM2 user id (as the national SDKs sign).
+    pub fn sign_challenge(
+        &self,
+        identity_handle: &str,
+        nonce: &[u8],
+        digest: &[u8],
+    ) -> (&'static str, Vec<u8>) {
+        let message = [nonce, digest].concat();
+        match self {
+            NodeKey::Rsa(_) => ("SHA-256", self.sign(&message)),
+            NodeKey::Sm2(k) => {
+                use sm3::Digest as _;
+                let pre = sm3::Sm3::digest(&message);
+                let sig = sm2::dsa::SigningKey::new(identity_handle, k)
+                    .ok()
+                    .and_then(|sk| {
+                        let sig: sm2::dsa::Signature = sk.sign(&pre);
+                        let raw: [u8; 64] = sig.to_bytes().as_slice().try_into().ok()?;
+                        crate::pubkey::sm2_raw_to_der(&raw)
+                    })
+                    .unwrap_or_default();
+                ("SM3", sig)
+            }
+        }
+    }
+}
+
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
     out.extend_from_slice(b);

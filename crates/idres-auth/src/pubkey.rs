@@ -442,6 +442,40 @@ mod tests {
         ));
     }
 
+    /// A signature made by gmssl 3.2.2 (Python), an implementation
+    /// independent of this one: private key 3945208F…C5B8, k 59276E27…BC21,
+    /// the standard default user id.
+    #[test]
+    fn sm2_vector_from_gmssl() {
+        let point = hex::decode(
+            "04\
+             09f9df311e5421a150dd7d161e4bc5c672179fad1833fc076bb08ff356f35020\
+             ccea490ce26775a52dc6ea718cc1aa600aed05fbf35e084a6632f6072da9ad13",
+        )
+        .unwrap();
+        let key = PublicKey::Sm2(sm2::PublicKey::from_sec1_bytes(&point).unwrap());
+        let sig = hex::decode(
+            "ae457c440bdb248d0642d7194ff1980b3b37b5fbd0a2c0de5d382265e1449a8e\
+             1cf6780381504172c2823fcab672f5d427953e3aa88e0a4a2518cbb70279b235",
+        )
+        .unwrap();
+        let msg = b"idres SM2 test vector: nonce||digest";
+        key.verify(HashAlg::Sm3, &[msg], &sig, None).unwrap();
+        let der = sm2_raw_to_der(&sig.clone().try_into().unwrap()).unwrap();
+        key.verify(HashAlg::Sm3, &[msg], &der, None).unwrap();
+        assert!(key
+            .verify(
+                HashAlg::Sm3,
+                &[b"idres SM2 test vector: nonce||digesT"],
+                &sig,
+                None
+            )
+            .is_err());
+        assert!(key
+            .verify(HashAlg::Sm3, &[msg], &sig, Some("88.118.8/ADMIN"))
+            .is_err());
+    }
+
     #[test]
     fn garbage_is_refused() {
         for bad in [

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_client;
 pub mod client;
 pub mod handler;
 pub mod tcp;

@@ -3,8 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+mod batch;
 mod bench;
 mod config;
+mod handle_cli;
 mod http;
 mod records;
 mod serve;
@@ -49,6 +51,9 @@ enum Command {
     /// Make an identity the first administrator of a prefix (on a stopped
     /// node): prefix record, administrators' group, hashed secret key.
     InitPrefix(http::InitPrefixArgs),
+    /// Administer identifiers over the native Handle protocol:
+    /// create, add, modify, remove, delete, list, batch.
+    Handle(handle_cli::HandleArgs),
     /// Make a node key (PEM, mode 0600) for `serve --node-key`: advertised
     /// in HS_SITE, it signs replies to certified requests.
     Keygen(KeygenArgs),
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::InitPrefix(a) => http::init_prefix(a).map(|()| ExitCode::SUCCESS),
         Command::Keygen(a) => keygen(a).map(|()| ExitCode::SUCCESS),
+        Command::Handle(a) => handle_cli::run(a),
         Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::GrpcRegister(a)) => grpc_bench(idres_grpc::bench::register(a)),
         Command::Bench(BenchCommand::GrpcResolve(a)) => grpc_bench(idres_grpc::bench::resolve(a)),
