@@ -316,7 +316,7 @@ fn malformed_datagrams_never_stop_the_listener() {
     let m = Message::parse_with_envelope(&reply).unwrap();
     assert_eq!(m.header.response_code, ResponseCode::PROTOCOL_ERROR);
     // An unknown op code is refused by name.
-    let unknown = encode_request(&Request::Other(OpCode(2001)), 8, 0);
+    let unknown = encode_request(&Request::Other(OpCode(7777)), 8, 0);
     let reply = datagram(&unknown, &socket).expect("a reply");
     let m = Message::parse_with_envelope(&reply).unwrap();
     assert_eq!(

@@ -322,7 +322,7 @@ pub const SECKEY_HMAC_SHA256: u8 = 0x13;
 /// iterations and key length travel in the answer (Handle.Net 8 and later).
 pub const SECKEY_PBKDF2_HMAC_SHA1: u8 = 0x22;
 /// Most PBKDF2 iterations an answer may ask the node to compute.
-pub const MAX_ANSWER_ITERATIONS: u32 = 1_000_000;
+pub const MAX_ANSWER_ITERATIONS: u32 = 100_000;
 
 /// Checks the answer of `identity` to a challenge with `nonce`, whose
 /// digest was sent as `typed_digest` (type byte and digest, or the old

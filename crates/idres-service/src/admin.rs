@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use idres_auth::challenge::{self, Challenges, TakeError};
 use idres_auth::{Caller, Identity, NodeKey, PermissionGuard, SecretBox, StoreView};
 use idres_model::{codec, Handle, HandleValue};
@@ -130,6 +130,9 @@ pub fn is_admin_op(op: OpCode) -> bool {
             | OpCode::REMOVE_VALUE
             | OpCode::MODIFY_VALUE
             | OpCode::LIST_HANDLES
+            | OpCode::HOME_NA
+            | OpCode::UNHOME_NA
+            | OpCode::LIST_HOMED_NAS
             | LOGIN_ID_SYSTEM
     )
 }
@@ -137,7 +140,10 @@ pub fn is_admin_op(op: OpCode) -> bool {
 /// Whether handling `op` may block on the store's writer or on key checks,
 /// so that async transports run it off their workers.
 pub fn may_block(op: OpCode) -> bool {
-    is_admin_op(op) || op == OpCode::CHALLENGE_RESPONSE || op == OpCode::SESSION_SETUP
+    is_admin_op(op)
+        || op == OpCode::CHALLENGE_RESPONSE
+        || op == OpCode::SESSION_SETUP
+        || op == OpCode::VERIFY_RESPONSE
 }
 
 /// A reply decided by the admin path: response code, the opcode to answer
@@ -244,6 +250,7 @@ impl Auth {
         index: u32,
         response: &[u8],
         peer: &mut Peer,
+        site: &Bytes,
         now: u32,
     ) -> AdminReply {
         let op = m.header.op_code;
@@ -309,13 +316,26 @@ impl Auth {
             peer.login = Some(who);
             return AdminReply::ok(LOGIN_ID_SYSTEM, BytesMut::new());
         }
-        execute(store, &original, &caller, now)
+        execute(store, &original, &caller, site, now)
     }
 }
 
-/// Carries out the administrative request `m` for `caller`.
-pub fn execute(store: &Arc<dyn Store>, m: &Message<'_>, caller: &Caller, now: u32) -> AdminReply {
+/// Carries out the administrative request `m` for `caller` on the node
+/// whose HS_SITE is `site`.
+pub fn execute(
+    store: &Arc<dyn Store>,
+    m: &Message<'_>,
+    caller: &Caller,
+    site: &Bytes,
+    now: u32,
+) -> AdminReply {
     let op = m.header.op_code;
+    match op {
+        OpCode::HOME_NA | OpCode::UNHOME_NA | OpCode::LIST_HOMED_NAS => {
+            return homing(store, m, caller, site, now)
+        }
+        _ => {}
+    }
     let request = match Request::decode(op, m.body) {
         Ok(r) => r,
         Err(e) => {
@@ -394,6 +414,23 @@ pub fn execute(store: &Arc<dyn Store>, m: &Message<'_>, caller: &Caller, now: u3
             )
         }
     };
+    let mut body = BytesMut::new();
+    if let Some(name) = created {
+        codec::put_str(&mut body, &name);
+    }
+    guarded_write(store, op, caller, mutation, body)
+}
+
+/// Writes `mutation` for `caller` through the store's writer, which decides
+/// the caller's permission against the state it applies it to; on success
+/// answers with `body`.
+fn guarded_write(
+    store: &Arc<dyn Store>,
+    op: OpCode,
+    caller: &Caller,
+    mutation: Mutation,
+    body: BytesMut,
+) -> AdminReply {
     let target = mutation.handle().map(|h| h.as_str().to_owned());
     match store.write(PermissionGuard::request(caller, vec![mutation])) {
         Ok(Ok(_)) => {
@@ -404,10 +441,6 @@ pub fn execute(store: &Arc<dyn Store>, m: &Message<'_>, caller: &Caller, now: u3
                     handle = target.as_deref().unwrap_or(""),
                     "native administration applied"
                 );
-            }
-            let mut body = BytesMut::new();
-            if let Some(name) = created {
-                codec::put_str(&mut body, &name);
             }
             AdminReply::ok(op, body)
         }
@@ -492,6 +525,225 @@ fn list(store: &Arc<dyn Store>, op: OpCode, prefix_record: &str, caller: &Caller
     let mut reply = AdminReply::ok(op, BytesMut::new());
     reply.list = Some(names);
     reply
+}
+
+/// HOME_NA, UNHOME_NA and LIST_HOMED_NAS, for the node's operators: the
+/// identities the parent prefix record grants the derived-prefix bits
+/// (`0.NA/0.NA` above a top-level prefix).
+///
+/// - HOME_NA `0.NA/<prefix>`: this node serves the prefix. Its prefix
+///   record gets this node's HS_SITE (other HS_SITE and HS_SERV values go);
+///   a new record also gets an HS_ADMIN granting the caller everything.
+/// - UNHOME_NA `0.NA/<prefix>`: this node no longer holds the prefix: its
+///   prefix record is deleted (handles under it stay).
+/// - LIST_HOMED_NAS: the prefixes whose records are held here and do not
+///   refer elsewhere; needs the list-handles bit of `0.NA/0.NA`.
+fn homing(
+    store: &Arc<dyn Store>,
+    m: &Message<'_>,
+    caller: &Caller,
+    site: &Bytes,
+    now: u32,
+) -> AdminReply {
+    let op = m.header.op_code;
+    let mut at = 0usize;
+    let Some(raw) = read_bytes(m.body, &mut at, idres_model::MAX_HANDLE_LEN)
+        .and_then(|b| std::str::from_utf8(b).ok())
+    else {
+        return AdminReply::error(
+            op,
+            ResponseCode::PROTOCOL_ERROR,
+            "malformed body: str handle",
+        );
+    };
+    if op == OpCode::LIST_HOMED_NAS {
+        let root = match Handle::parse(&format!(
+            "{}/{}",
+            idres_model::PREFIX_RECORD_PREFIX,
+            idres_model::PREFIX_RECORD_PREFIX
+        )) {
+            Ok(h) => h,
+            Err(_) => return AdminReply::error(op, ResponseCode::ERROR, "no root record"),
+        };
+        let view = StoreView(store.as_ref());
+        let own = idres_store::StateView::values(&view, root.key())
+            .ok()
+            .flatten();
+        if let Err(e) = idres_auth::require(
+            &view,
+            caller,
+            &root,
+            own.as_deref(),
+            &[idres_auth::Op::ListHandles],
+        ) {
+            return AdminReply::error(op, ResponseCode::INSUFFICIENT_PERMISSIONS, &e.to_string());
+        }
+        let mut names: Vec<String> = store
+            .prefixes()
+            .into_iter()
+            .filter(|p| {
+                store.prefix_home(p.as_str()).is_some_and(|h| {
+                    h.prefix == *p
+                        && h.service_values.iter().all(|v| {
+                            !v.value_type
+                                .eq_ignore_ascii_case(idres_model::types::HS_SITE)
+                                || v.data == *site
+                        })
+                })
+            })
+            .map(|p| p.record_handle().as_str().to_owned())
+            .collect();
+        names.sort();
+        let mut reply = AdminReply::ok(op, BytesMut::new());
+        reply.list = Some(names);
+        return reply;
+    }
+    let record = match Handle::parse(raw) {
+        Ok(h) if h.is_prefix_record() => h,
+        Ok(h) => match Handle::parse(&format!(
+            "{}/{}",
+            idres_model::PREFIX_RECORD_PREFIX,
+            h.as_str()
+        )) {
+            Ok(r) if r.is_prefix_record() => r,
+            _ => {
+                return AdminReply::error(
+                    op,
+                    ResponseCode::INVALID_HANDLE,
+                    "name a prefix record such as 0.NA/88.118.8",
+                )
+            }
+        },
+        Err(_) if !raw.contains('/') => {
+            match Handle::parse(&format!("{}/{raw}", idres_model::PREFIX_RECORD_PREFIX)) {
+                Ok(r) => r,
+                Err(e) => {
+                    return AdminReply::error(op, ResponseCode::INVALID_HANDLE, &e.to_string())
+                }
+            }
+        }
+        Err(e) => return AdminReply::error(op, ResponseCode::INVALID_HANDLE, &e.to_string()),
+    };
+    if op == OpCode::UNHOME_NA {
+        return guarded_write(
+            store,
+            op,
+            caller,
+            Mutation::Delete { handle: record },
+            BytesMut::new(),
+        );
+    }
+    let current = match idres_store::StateView::values(&StoreView(store.as_ref()), record.key()) {
+        Ok(v) => v,
+        Err(_) => return AdminReply::error(op, ResponseCode::ERROR, "storage error"),
+    };
+    let mut site_value = HandleValue::new(1, idres_model::types::HS_SITE, site.clone());
+    site_value.timestamp = now;
+    let values = match current {
+        Some(mut values) => {
+            values.retain(|v| {
+                !v.value_type
+                    .eq_ignore_ascii_case(idres_model::types::HS_SITE)
+                    && !v
+                        .value_type
+                        .eq_ignore_ascii_case(idres_model::types::HS_SERV)
+            });
+            if values.iter().any(|v| v.index == site_value.index) {
+                site_value.index = values.iter().map(|v| v.index).max().unwrap_or(0) + 1;
+            }
+            values.push(site_value);
+            values
+        }
+        None => {
+            let Some(identity) = caller.identity() else {
+                return AdminReply::error(op, ResponseCode::AUTHENTICATION_NEEDED, "log in first");
+            };
+            let mut admin = HandleValue::new(
+                100,
+                idres_model::types::HS_ADMIN,
+                idres_model::AdminRef {
+                    permissions: idres_model::AdminPermissions::ALL,
+                    handle: identity.handle.as_str().to_owned(),
+                    index: identity.index,
+                }
+                .encode(),
+            );
+            admin.timestamp = now;
+            vec![site_value, admin]
+        }
+    };
+    guarded_write(
+        store,
+        op,
+        caller,
+        Mutation::Put {
+            handle: record,
+            values,
+        },
+        BytesMut::new(),
+    )
+}
+
+impl Auth {
+    /// VERIFY_RESPONSE (201): another server asks whether a secret-key
+    /// answer of one of this node's identities is right. Body: str handle,
+    /// int4 index, str nonce, the digest (int4-length or type-prefixed),
+    /// str answer; the reply is one byte, 1 valid or 0 not.
+    pub fn verify_response(&self, store: &Arc<dyn Store>, m: &Message<'_>) -> AdminReply {
+        let op = m.header.op_code;
+        let b = m.body;
+        let mut at = 0usize;
+        let parsed = (|| {
+            let handle =
+                std::str::from_utf8(read_bytes(b, &mut at, idres_model::MAX_HANDLE_LEN)?).ok()?;
+            let index = read_u32(b, &mut at)?;
+            let nonce = read_bytes(b, &mut at, 64)?;
+            let start = at;
+            let digest_len = match b.get(at)? {
+                0 => 4 + read_u32(b, &mut at.clone())? as usize,
+                1 => 17,
+                2 => 21,
+                3 => 33,
+                _ => return None,
+            };
+            let digest = b.get(start..start + digest_len)?;
+            at = start + digest_len;
+            let answer = read_bytes(b, &mut at, 4096)?;
+            (at == b.len()).then_some((handle, index, nonce, digest, answer))
+        })();
+        let Some((handle, index, nonce, digest, answer)) = parsed else {
+            return AdminReply::error(
+                op,
+                ResponseCode::PROTOCOL_ERROR,
+                "malformed VERIFY_RESPONSE",
+            );
+        };
+        let Ok(handle) = Handle::parse(handle) else {
+            return AdminReply::error(op, ResponseCode::INVALID_HANDLE, "not a handle");
+        };
+        let who = Identity { index, handle };
+        let valid = match idres_auth::challenge::verify_answer(
+            &StoreView(store.as_ref()),
+            &self.secrets,
+            &who,
+            idres_model::types::HS_SECKEY,
+            answer,
+            nonce,
+            digest,
+        ) {
+            Ok(()) => true,
+            Err(challenge::AnswerError::Storage(_)) => {
+                return AdminReply::error(op, ResponseCode::ERROR, "storage error")
+            }
+            Err(challenge::AnswerError::InvalidAdmin(m)) => {
+                return AdminReply::error(op, ResponseCode::INVALID_ADMIN, &m)
+            }
+            Err(_) => false,
+        };
+        let mut body = BytesMut::new();
+        body.put_u8(u8::from(valid));
+        AdminReply::ok(op, body)
+    }
 }
 
 /// Handles per LIST_HANDLES message on TCP, as the reference server sends.

@@ -229,6 +229,15 @@ impl Handler {
             );
         }
         let op = m.header.op_code;
+        if op == admin::LOGIN_ID_SYSTEM && peer.transport != Transport::Tcp {
+            return self.error(
+                m,
+                ResponseCode::OPERATION_NOT_SUPPORTED,
+                "LOGIN_ID_SYSTEM logs in a TCP connection; log in over TCP",
+                now,
+                out,
+            );
+        }
         if admin::is_admin_op(op) {
             if message.is_empty() {
                 return self.error(
@@ -242,7 +251,7 @@ impl Handler {
             let reply = match (&peer.login, op) {
                 (Some(identity), o) if o != admin::LOGIN_ID_SYSTEM => {
                     let caller = idres_auth::Caller::Authenticated(identity.clone());
-                    admin::execute(&self.store, m, &caller, now)
+                    admin::execute(&self.store, m, &caller, &self.site_bytes, now)
                 }
                 _ => self.auth.challenge(m, message, peer),
             };
@@ -250,6 +259,10 @@ impl Handler {
         }
         if op == OpCode::SESSION_SETUP {
             let reply = self.auth.session_setup(m);
+            return self.admin_reply(m, reply, peer, now, out);
+        }
+        if op == OpCode::VERIFY_RESPONSE {
+            let reply = self.auth.verify_response(&self.store, m);
             return self.admin_reply(m, reply, peer, now, out);
         }
         if op == OpCode::SESSION_TERMINATE {
@@ -271,6 +284,7 @@ impl Handler {
                     index,
                     response,
                     peer,
+                    &self.site_bytes,
                     now,
                 ),
                 Ok(_) | Err(_) => {

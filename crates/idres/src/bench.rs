@@ -475,3 +475,109 @@ fn client(
     }
     Ok(r)
 }
+
+/// Options of `idres bench admin`.
+#[derive(Debug, clap::Args)]
+pub struct BenchAdminArgs {
+    /// Server address (TCP).
+    #[arg(long, default_value = "127.0.0.1:2641")]
+    pub server: SocketAddr,
+    /// The identity, index:handle.
+    #[arg(long)]
+    pub auth: String,
+    /// The identity's private key (PEM, RSA or SM2).
+    #[arg(long, conflicts_with = "secret_file")]
+    pub key: Option<PathBuf>,
+    /// A file holding the identity's secret key.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// The prefix to create handles under.
+    #[arg(long)]
+    pub prefix: String,
+    /// Part of every handle name, to keep runs apart.
+    #[arg(long, default_value = "bench")]
+    pub tag: String,
+    /// How long to create, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Connections, each its own thread, one request at a time.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+}
+
+/// `idres bench admin`: authenticated CREATE_HANDLE requests over TCP as
+/// fast as they are answered, each challenged and answered; prints
+/// creates per second and latency.
+pub fn admin(args: &BenchAdminArgs) -> anyhow::Result<()> {
+    use idres_auth::challenge::Credential;
+    let identity =
+        idres_auth::Identity::parse(&args.auth).map_err(|e| anyhow::anyhow!("--auth: {e}"))?;
+    let credential = match (&args.key, &args.secret_file) {
+        (Some(k), _) => Credential::Key(idres_auth::NodeKey::load(k)?),
+        (None, Some(s)) => {
+            let mut b = std::fs::read(s).with_context(|| format!("reading {}", s.display()))?;
+            while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                b.pop();
+            }
+            Credential::Secret(b)
+        }
+        (None, None) => bail!("give --key or --secret-file"),
+    };
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut threads = Vec::new();
+    for t in 0..args.connections.max(1) {
+        let (identity, credential) = (identity.clone(), credential.clone());
+        let (server, prefix, tag) = (args.server, args.prefix.clone(), args.tag.clone());
+        threads.push(std::thread::spawn(
+            move || -> anyhow::Result<(u64, u64, Histogram<u64>)> {
+                let mut c = idres_service::admin_client::AdminClient::connect(
+                    server,
+                    identity,
+                    credential,
+                    Duration::from_secs(10),
+                )?;
+                let mut hist = new_hist()?;
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let handle = format!("{prefix}/{tag}-{t}-{i}");
+                    let value = idres_model::HandleValue::new(
+                        1,
+                        "URL",
+                        format!("https://bench.example/{i}"),
+                    );
+                    let t0 = Instant::now();
+                    let o = c.create(&handle, vec![value], false, false)?;
+                    let _ = hist.record(t0.elapsed().as_nanos() as u64);
+                    if o.response_code == ResponseCode::SUCCESS {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    i += 1;
+                }
+                Ok((ok, failed, hist))
+            },
+        ));
+    }
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut hist = new_hist()?;
+    for t in threads {
+        let (o, f, h) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        ok += o;
+        failed += f;
+        hist.add(&h).context("merging histograms")?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e6;
+    println!(
+        "creates={ok} failed={failed} seconds={secs:.1} creates_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
+        ok as f64 / secs,
+        ms(0.5),
+        ms(0.99)
+    );
+    Ok(())
+}

@@ -100,6 +100,8 @@ enum BenchCommand {
     GrpcResolve(idres_grpc::bench::ResolveArgs),
     /// A fresh mirror catching up over gRPC; report changes/s.
     GrpcMirror(idres_grpc::bench::MirrorArgs),
+    /// Authenticated creates over the native protocol; report creates/s.
+    Admin(bench::BenchAdminArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -189,6 +191,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => keygen(a).map(|()| ExitCode::SUCCESS),
         Command::Handle(a) => handle_cli::run(a),
         Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Admin(a)) => bench::admin(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::GrpcRegister(a)) => grpc_bench(idres_grpc::bench::register(a)),
         Command::Bench(BenchCommand::GrpcResolve(a)) => grpc_bench(idres_grpc::bench::resolve(a)),
         Command::Bench(BenchCommand::GrpcMirror(a)) => grpc_bench(idres_grpc::bench::mirror(a)),
