@@ -54,6 +54,8 @@ def pki(tmp_path_factory):
     idres("cert", "issue", "--dir", str(d), "--kind", "operator", "--name", "alice")
     idres("cert", "issue", "--dir", str(d), "--kind", "node", "--name", "node-py")
     idres("cert", "issue", "--dir", str(d), "--kind", "node", "--name", "node-other")
+    for key in ("ca-key.pem", "top-key.pem", "alice-key.pem", "node-py-key.pem"):
+        assert (d / key).stat().st_mode & 0o777 == 0o600, f"{key} is not mode 0600"
     return d
 
 

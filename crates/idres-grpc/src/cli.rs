@@ -83,6 +83,32 @@ fn write(path: &Path, text: &str) -> Result<(), CliError> {
     })
 }
 
+/// Writes a private key: mode 0600, as every private key idres writes
+/// (also when the file existed with wider permissions).
+fn write_key(path: &Path, text: &str) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let io = |source| CliError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
 fn read(path: &Path) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|source| CliError::Io {
         path: path.display().to_string(),
@@ -101,7 +127,7 @@ pub fn cert(cmd: &CertCommand) -> Result<(), CliError> {
             let ca = DevCa::generate(name)?;
             let PemPair { cert_pem, key_pem } = ca.pem();
             write(&dir.join("ca.pem"), &cert_pem)?;
-            write(&dir.join("ca-key.pem"), &key_pem)?;
+            write_key(&dir.join("ca-key.pem"), &key_pem)?;
             println!("{}", dir.join("ca.pem").display());
         }
         CertCommand::Issue {
@@ -123,7 +149,7 @@ pub fn cert(cmd: &CertCommand) -> Result<(), CliError> {
             };
             let file = name.replace(['/', ':'], "_");
             write(&dir.join(format!("{file}.pem")), &pair.cert_pem)?;
-            write(&dir.join(format!("{file}-key.pem")), &pair.key_pem)?;
+            write_key(&dir.join(format!("{file}-key.pem")), &pair.key_pem)?;
             println!("{}", dir.join(format!("{file}.pem")).display());
         }
     }

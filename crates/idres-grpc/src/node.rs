@@ -58,6 +58,10 @@ pub struct GrpcConfig {
     /// Seconds between a secondary node's checks of its own prefixes
     /// (0: 30).
     pub prefix_refresh_secs: u64,
+    /// What the top node does with the prefixes of a suspended or revoked
+    /// node: `escrow` (the default) answers them itself from the escrowed
+    /// copies; `refuse` answers them with an error naming why.
+    pub withdrawn_prefixes: String,
 }
 
 /// Why the face could not start.
@@ -140,6 +144,15 @@ pub async fn start(
     stop: watch::Receiver<bool>,
 ) -> Result<GrpcFace, StartError> {
     let core = Core::new(Arc::clone(&store), role)?;
+    match config.withdrawn_prefixes.as_str() {
+        "" | "escrow" => core.registry.set_refuse_withdrawn(false),
+        "refuse" => core.registry.set_refuse_withdrawn(true),
+        other => {
+            return Err(StartError::Config(format!(
+                "withdrawn_prefixes = {other:?}: use \"escrow\" or \"refuse\""
+            )))
+        }
+    }
     let mut tasks = Vec::new();
     let mut addr = None;
     if let Some(listen) = config.listen {

@@ -151,6 +151,9 @@ pub struct NodeRegistry {
     /// Bumped after every durable change of a filing's state or
     /// certificate, so that open streams re-check their caller at once.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Refuse the prefixes of a suspended or revoked node instead of
+    /// answering them from escrow.
+    refuse_withdrawn: std::sync::atomic::AtomicBool,
 }
 
 /// The precondition of every write a node makes: its filing, as the
@@ -220,7 +223,15 @@ impl NodeRegistry {
             lock: tokio::sync::Mutex::new(()),
             prefixes: RwLock::new(Arc::new(map)),
             changes: tokio::sync::watch::channel(0).0,
+            refuse_withdrawn: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the prefixes of a suspended or revoked node are refused
+    /// (`true`) or answered from the escrowed copies (`false`, the default).
+    pub fn set_refuse_withdrawn(&self, refuse: bool) {
+        self.refuse_withdrawn
+            .store(refuse, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Changes whenever a filing's state or certificate changed durably.
@@ -517,6 +528,21 @@ impl NodeRegistry {
                 let mut values = Self::prefix_record(&f, &prefix)?;
                 if withdrawn {
                     values.retain(|v| !v.value_type.eq_ignore_ascii_case(types::HS_SITE));
+                    if self
+                        .refuse_withdrawn
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        values.push(HandleValue::new(
+                            3,
+                            types::IDRES_WITHDRAWN,
+                            Bytes::from(format!(
+                                "node {} is {}: {}",
+                                f.id,
+                                to.as_str_name().to_ascii_lowercase(),
+                                f.reason
+                            )),
+                        ));
+                    }
                 }
                 mutations.push(Mutation::Put {
                     handle: prefix.record_handle(),

@@ -1319,3 +1319,62 @@ async fn a_suspended_or_revoked_node_loses_its_streams_and_its_referrals() {
     }
     top.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_may_refuse_a_withdrawn_nodes_prefixes_instead() {
+    let pki = Pki::new();
+    let top = Server::start(&pki, Role::Top).await;
+    top.core.registry.set_refuse_withdrawn(true);
+    let mut opc = Clients::new(
+        top.channel(&pki, &pki.ca.issue_operator("alice").unwrap())
+            .await,
+    );
+    let n1 = pki.ca.issue_node("node-1").unwrap();
+    let mut node = Clients::new(top.channel(&pki, &n1).await);
+    let id = active_node(&mut node, &mut opc, "88.118.8", 26412).await;
+    node.registry
+        .register(op(
+            "r1",
+            OperationKind::Create,
+            "88.118.8/KEPT",
+            vec![url_value(1, "https://factory.example.cn/kept")],
+        ))
+        .await
+        .unwrap();
+    let top_store: Arc<dyn Store> = top.store.clone();
+    let handler = Handler::new(
+        Arc::clone(&top_store),
+        NodeIdentity {
+            site: SiteInfo::single("127.0.0.1:2641".parse().unwrap(), "top"),
+            service_handles: vec![],
+        },
+    );
+    opc.node
+        .suspend(pb::TransitionRequest {
+            id: id.clone(),
+            reason: "audit pending".into(),
+        })
+        .await
+        .unwrap();
+    let (rc, reply) = handle_resolve(&handler, "88.118.8/KEPT");
+    assert_eq!(rc, ResponseCode::ERROR);
+    let Reply::Error(message) = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(
+        message.contains("withdrawn") && message.contains("audit pending"),
+        "{message}"
+    );
+    opc.node
+        .reinstate(pb::TransitionRequest {
+            id,
+            reason: "audit passed".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        handle_resolve(&handler, "88.118.8/KEPT").0,
+        ResponseCode::SERVICE_REFERRAL
+    );
+    top.stop().await;
+}

@@ -146,6 +146,9 @@ pub(crate) async fn resolve_json(
         .authenticate(&app.store, headers, conn)
         .await
         .map_err(|e| e.about(raw))?;
+    if let Some(why) = app.handler.withdrawn(&handle) {
+        return Err(ApiError::new(ResponseCode::ERROR, why).about(raw));
+    }
     if let Some((service, values)) = app.handler.referral(&handle) {
         let body = json!({
             "responseCode": ResponseCode::SERVICE_REFERRAL.0,

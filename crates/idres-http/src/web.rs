@@ -157,6 +157,9 @@ fn lookup(app: &App, raw: &str) -> Lookup {
         Ok(h) => h,
         Err(e) => return Lookup::Invalid(e),
     };
+    if app.handler().withdrawn(&handle).is_some() {
+        return Lookup::Failed;
+    }
     if let Some((service, values)) = app.handler().referral(&handle) {
         return Lookup::Referral(handle, service, values);
     }

@@ -38,6 +38,9 @@ pub mod types {
     pub const HS_SERV: &str = "HS_SERV";
     /// Service handle for derived prefixes.
     pub const HS_SERV_PREFIX: &str = "HS_SERV.PREFIX";
+    /// In a prefix record: the prefix is withdrawn (its node suspended or
+    /// revoked) and is answered with an error naming why (the data).
+    pub const IDRES_WITHDRAWN: &str = "IDRES.WITHDRAWN";
     /// The handle is an alias of another.
     pub const HS_ALIAS: &str = "HS_ALIAS";
     /// Primary sites.

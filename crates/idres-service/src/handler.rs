@@ -473,6 +473,9 @@ impl Handler {
             Ok(h) => h,
             Err(e) => return self.error(m, ResponseCode::INVALID_HANDLE, &e.to_string(), now, out),
         };
+        if let Some(why) = self.withdrawn(&handle) {
+            return self.error(m, ResponseCode::ERROR, &why, now, out);
+        }
         if !m.header.op_flags.has(OpFlags::DO_NOT_REFER) && !handle.is_prefix_record() {
             if let Some(home) = self.store.prefix_home(handle.prefix().as_str()) {
                 if let Some(values) = self.referral_values(&home, &handle) {
@@ -562,6 +565,19 @@ impl Handler {
         self.stats.success.fetch_add(1, Ordering::Relaxed);
         self.stats.answered.fetch_add(1, Ordering::Relaxed);
         Outcome::Reply
+    }
+
+    /// Why `handle` is refused, if its prefix (or the nearest ancestor with
+    /// a prefix record) is withdrawn: its node suspended or revoked, and the
+    /// operator chose to refuse rather than answer from the escrowed copy.
+    /// Other faces refuse with the same rule.
+    pub fn withdrawn(&self, handle: &Handle) -> Option<String> {
+        if handle.is_prefix_record() {
+            return None;
+        }
+        let home = self.store.prefix_home(handle.prefix().as_str())?;
+        let why = home.withdrawn.as_ref()?;
+        Some(format!("prefix {} is withdrawn: {why}", home.prefix))
     }
 
     /// Where a client asking for `handle` must be referred, if its prefix

@@ -322,6 +322,9 @@ pub struct PrefixHome {
     /// The record's publicly readable HS_SITE, HS_SERV, HS_SITE.PREFIX and
     /// HS_SERV.PREFIX values.
     pub service_values: Vec<HandleValue>,
+    /// Why the prefix is withdrawn, if its record says so
+    /// (`IDRES.WITHDRAWN`): its handles are then refused, not served.
+    pub withdrawn: Option<String>,
 }
 
 /// A key and its value in an auxiliary key space.

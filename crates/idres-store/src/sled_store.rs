@@ -389,6 +389,10 @@ fn prefix_home_from(key: &str, rec: &RecordBytes) -> Result<Option<PrefixHome>, 
         key: key.to_owned(),
         reason: e.to_string(),
     })?;
+    let withdrawn = values
+        .iter()
+        .find(|v| v.value_type.eq_ignore_ascii_case(types::IDRES_WITHDRAWN))
+        .map(|v| String::from_utf8_lossy(&v.data).into_owned());
     let service_values = values
         .into_iter()
         .filter(|v| {
@@ -406,6 +410,7 @@ fn prefix_home_from(key: &str, rec: &RecordBytes) -> Result<Option<PrefixHome>, 
     Ok(Some(PrefixHome {
         prefix,
         service_values,
+        withdrawn,
     }))
 }
 
