@@ -907,3 +907,71 @@ def test_grpc_search_pages_and_tokens_leak_nothing(escrow, pb, who):  # noqa: F8
     assert set(escrow.secrets) <= set(handles) and len(handles) == len(set(handles)), handles
     for token in tokens:
         assert token_leaks(token, escrow.hidden, escrow.handles) == [], token
+
+
+# ---------------------------------------------------------------------------
+# 7. Online guessing is bounded; a login lasts as long as its key
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    n = start_node(str(tmp_path_factory.mktemp("strict")),
+                   extra_config="[handle]\nmax_auth_failures = 3\nauth_lockout_secs = 600\n")
+    yield n
+    n.stop()
+
+
+def test_wrong_answers_lock_that_identity_out_from_that_address(strict):
+    handle = f"{PREFIX}/GUESSED"
+    for _ in range(3):
+        r = Client(strict, "tcp", auth=admin_auth(secret="a wrong guess")).create_handle(
+            handle, [text(1, "URL", "https://example.cn/guess")])
+        assert r.rc == h.RC_AUTHENTICATION_FAILED, f"{r} {r.message!r}"
+    # Now even the right secret is refused unchecked, for this identity here.
+    r = Client(strict, "tcp", auth=admin_auth()).create_handle(handle, [text(1, "URL", "https://example.cn/guess")])
+    assert r.rc == h.RC_AUTHENTICATION_FAILED and "too many failed attempts" in r.message, f"{r} {r.message!r}"
+    r = Client(strict, "udp", auth=admin_auth()).create_handle(handle, [text(1, "URL", "https://example.cn/guess")])
+    assert r.rc == h.RC_AUTHENTICATION_FAILED, f"{r} {r.message!r}"
+    assert_absent(strict, handle)
+
+
+def test_a_login_ends_when_its_key_is_removed(node_with_member):
+    node, handle_of_member, secret = node_with_member
+    member = h.SecretKeyAuth(handle_of_member, 300, secret)
+    c = Client(node, "tcp", auth=member)
+    assert c.login_id_system().rc == h.RC_SUCCESS
+    c.auth = None
+    target = f"{PREFIX}/BY-MEMBER"
+    r = c.create_handle(target, [text(1, "URL", "https://example.cn/member")])
+    assert r.rc == h.RC_SUCCESS, f"{r} {r.message!r}"
+    # An administrator takes the member's key away.
+    admin = Client(node, "tcp", auth=admin_auth())
+    r = admin.remove_values(handle_of_member, [300])
+    assert r.rc == h.RC_SUCCESS, f"{r} {r.message!r}"
+    # The logged-in connection is told to log in again, and writes nothing.
+    r = c.add_values(target, [text(2, "DESC", "after the key went")])
+    assert r.rc == 407, f"{r} {r.message!r}"
+    assert resolved(node, target) == {1: ("URL", b"https://example.cn/member")}
+    # Logging in again fails: the identity holds no key any more.
+    again = Client(node, "tcp", auth=member)
+    assert again.login_id_system().rc == h.RC_INVALID_ADMIN
+
+
+@pytest.fixture(scope="module")
+def node_with_member(tmp_path_factory):
+    n = start_node(str(tmp_path_factory.mktemp("member")))
+    member, secret = f"{PREFIX}/MEMBER", "member secret"
+    c = Client(n, "tcp", auth=admin_auth())
+    r = c.create_handle(member, [h.HandleValue(300, "HS_SECKEY", secret.encode(), perms=0x0C)])
+    assert r.rc == h.RC_SUCCESS, f"{r} {r.message!r}"
+    r = anonymous_resolve_group(n)
+    value = h.HandleValue(200, "HS_VLIST", h.encode_vlist(r + [h.ValueRef(member, 300)]), perms=0x0E)
+    r = c.modify_values(PREFIX_RECORD, [value])
+    assert r.rc == h.RC_SUCCESS, f"{r} {r.message!r}"
+    yield n, member, secret
+    n.stop()
+
+
+def anonymous_resolve_group(node):
+    r = h.HandleClient(node.handle_host, node.handle_port, timeout=TIMEOUT).resolve(PREFIX_RECORD, [200])
+    return h.decode_vlist(r.value(200).data)

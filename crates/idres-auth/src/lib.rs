@@ -26,8 +26,10 @@ pub mod nodekey;
 pub mod policy;
 pub mod pubkey;
 pub mod secret;
+pub mod throttle;
 
 pub use identity::{Caller, Identity};
 pub use nodekey::{KeyAlgorithm, NodeKey};
 pub use policy::{require, Grants, Op, PermissionGuard, Refusal, StoreView};
 pub use secret::{SecretBox, SecretPolicy, Verdict};
+pub use throttle::Throttle;

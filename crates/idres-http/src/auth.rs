@@ -41,7 +41,7 @@ use rand::RngCore as _;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
-use idres_auth::{SecretBox, StoreView, Verdict};
+use idres_auth::{SecretBox, StoreView, Throttle, Verdict};
 
 use crate::{ApiError, ConnInfo};
 
@@ -65,61 +65,6 @@ pub struct Authenticator {
     throttle: Throttle,
 }
 
-/// Failed password checks per (identity, client address): after
-/// `max` failures within `window`, further attempts from that address for
-/// that identity are refused without being checked until the window
-/// ends. Keyed by address too, so that a stranger cannot lock an
-/// administrator out from everywhere.
-#[derive(Debug)]
-struct Throttle {
-    max: u32,
-    window: Duration,
-    failures: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
-}
-
-/// Most (identity, address) pairs tracked at once.
-const THROTTLE_MAX_ENTRIES: usize = 65_536;
-
-impl Throttle {
-    fn blocked(&self, key: &(String, IpAddr)) -> bool {
-        if self.max == 0 {
-            return false;
-        }
-        let Ok(map) = self.failures.lock() else {
-            return false;
-        };
-        map.get(key)
-            .is_some_and(|(n, since)| *n >= self.max && since.elapsed() < self.window)
-    }
-
-    fn failed(&self, key: (String, IpAddr)) {
-        if self.max == 0 {
-            return;
-        }
-        let Ok(mut map) = self.failures.lock() else {
-            return;
-        };
-        if map.len() >= THROTTLE_MAX_ENTRIES {
-            let window = self.window;
-            map.retain(|_, (_, since)| since.elapsed() < window);
-            if map.len() >= THROTTLE_MAX_ENTRIES {
-                map.clear();
-            }
-        }
-        let entry = map.entry(key).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.window {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
-    }
-
-    fn succeeded(&self, key: &(String, IpAddr)) {
-        if let Ok(mut map) = self.failures.lock() {
-            map.remove(key);
-        }
-    }
-}
-
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator").finish_non_exhaustive()
@@ -139,11 +84,7 @@ impl Authenticator {
             cache_key,
             cache: Mutex::new(HashMap::new()),
             hashing: Semaphore::new(cores),
-            throttle: Throttle {
-                max: max_failures,
-                window,
-                failures: Mutex::new(HashMap::new()),
-            },
+            throttle: Throttle::new(max_failures, window),
         }
     }
 
@@ -169,23 +110,23 @@ impl Authenticator {
         if scheme.eq_ignore_ascii_case("Basic") {
             let (identity, password) = parse_basic(rest.trim())?;
             let ip = conn.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.peer.ip());
-            let key = (identity.to_string(), ip);
-            if self.throttle.blocked(&key) {
+            let who = identity.to_string();
+            if self.throttle.blocked(&who, ip) {
                 tracing::warn!(identity = %identity, %ip, "refused: too many failed attempts");
                 return Err(unauthorized(
                     ResponseCode::AUTHENTICATION_FAILED,
                     format!(
                         "too many failed attempts to authenticate as {identity} from this \
                          address; try again in {} s",
-                        self.throttle.window.as_secs()
+                        self.throttle.window().as_secs()
                     ),
                 ));
             }
             match self.check_password(store, &identity, &password).await {
-                Ok(()) => self.throttle.succeeded(&key),
+                Ok(()) => self.throttle.succeeded(&who, ip),
                 Err(e) => {
                     if e.status == axum::http::StatusCode::UNAUTHORIZED {
-                        self.throttle.failed(key);
+                        self.throttle.failed(&who, ip);
                     }
                     return Err(e);
                 }

@@ -86,6 +86,7 @@ pub struct Auth {
     node_key: Option<Arc<NodeKey>>,
     challenges: Challenges<Vec<u8>>,
     sessions: Sessions,
+    throttle: idres_auth::Throttle,
 }
 
 impl Auth {
@@ -96,7 +97,15 @@ impl Auth {
             node_key,
             challenges: Challenges::default(),
             sessions: Sessions::default(),
+            throttle: idres_auth::Throttle::default(),
         }
+    }
+
+    /// The same, refusing an identity from an address for `window` after
+    /// `max_failures` failed answers (0: never).
+    pub fn with_throttle(mut self, max_failures: u32, window: std::time::Duration) -> Self {
+        self.throttle = idres_auth::Throttle::new(max_failures, window);
+        self
     }
 
     /// The same, with challenges that may be answered for `ttl`.
@@ -174,6 +183,11 @@ impl AdminReply {
             body,
             list: None,
         }
+    }
+
+    /// An error reply with a message.
+    pub fn error_of(op: OpCode, rc: ResponseCode, message: &str) -> Self {
+        Self::error(op, rc, message)
     }
 
     fn ok(op: OpCode, body: BytesMut) -> Self {
@@ -289,6 +303,20 @@ impl Auth {
             );
         };
         let who = Identity { index, handle };
+        let named = who.to_string();
+        let ip = peer.addr.ip();
+        if self.throttle.blocked(&named, ip) {
+            tracing::warn!(identity = %who, %ip, "refused: too many failed attempts");
+            return AdminReply::error(
+                op,
+                ResponseCode::AUTHENTICATION_FAILED,
+                &format!(
+                    "too many failed attempts to authenticate as {who} from this address; try \
+                     again in {} s",
+                    self.throttle.window().as_secs()
+                ),
+            );
+        }
         if let Err(e) = idres_auth::challenge::verify_answer(
             &StoreView(store.as_ref()),
             &self.secrets,
@@ -304,9 +332,13 @@ impl Auth {
                 challenge::AnswerError::InvalidCredential(_) => ResponseCode::INVALID_CREDENTIAL,
                 challenge::AnswerError::Storage(_) => ResponseCode::ERROR,
             };
+            if matches!(e, challenge::AnswerError::Failed(_)) {
+                self.throttle.failed(&named, ip);
+            }
             tracing::info!(identity = %who, peer = %peer.addr, error = %e, "authentication refused");
             return AdminReply::error(op, rc, &e.to_string());
         }
+        self.throttle.succeeded(&named, ip);
         let Ok(original) = Message::parse_with_envelope(&pending.request) else {
             return AdminReply::error(op, ResponseCode::ERROR, "challenged request lost");
         };
@@ -318,6 +350,25 @@ impl Auth {
         }
         execute(store, &original, &caller, site, now)
     }
+}
+
+/// Whether the identity a connection logged in as still holds a key (an
+/// HS_SECKEY or HS_PUBKEY at its index): a login lasts only as long as
+/// the credential it was made with.
+pub fn still_holds_key(store: &Arc<dyn Store>, identity: &Identity) -> bool {
+    idres_store::StateView::values(&StoreView(store.as_ref()), identity.handle.key())
+        .ok()
+        .flatten()
+        .is_some_and(|values| {
+            values.iter().any(|v| {
+                v.index == identity.index
+                    && (v
+                        .value_type
+                        .eq_ignore_ascii_case(idres_model::types::HS_SECKEY)
+                        || v.value_type
+                            .eq_ignore_ascii_case(idres_model::types::HS_PUBKEY))
+            })
+        })
 }
 
 /// Carries out the administrative request `m` for `caller` on the node

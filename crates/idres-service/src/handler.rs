@@ -250,8 +250,19 @@ impl Handler {
             }
             let reply = match (&peer.login, op) {
                 (Some(identity), o) if o != admin::LOGIN_ID_SYSTEM => {
-                    let caller = idres_auth::Caller::Authenticated(identity.clone());
-                    admin::execute(&self.store, m, &caller, &self.site_bytes, now)
+                    if admin::still_holds_key(&self.store, identity) {
+                        let caller = idres_auth::Caller::Authenticated(identity.clone());
+                        admin::execute(&self.store, m, &caller, &self.site_bytes, now)
+                    } else {
+                        // CAICT clients log in again on 407.
+                        peer.login = None;
+                        admin::AdminReply::error_of(
+                            op,
+                            admin::RC_LOGIN_AGAIN,
+                            "the identity this connection logged in as no longer holds that key; \
+                             log in again",
+                        )
+                    }
                 }
                 _ => self.auth.challenge(m, message, peer),
             };

@@ -103,6 +103,11 @@ pub struct HandleConfig {
     pub tcp_idle_secs: u64,
     /// Seconds an authentication challenge may be answered.
     pub challenge_ttl_secs: u64,
+    /// Wrong answers for one identity from one address before that address
+    /// is refused for `auth_lockout_secs` (0: never).
+    pub max_auth_failures: u32,
+    /// Seconds such an address is refused.
+    pub auth_lockout_secs: u64,
 }
 
 impl Default for HandleConfig {
@@ -113,6 +118,8 @@ impl Default for HandleConfig {
             max_tcp_connections: 1024,
             tcp_idle_secs: 30,
             challenge_ttl_secs: 60,
+            max_auth_failures: 10,
+            auth_lockout_secs: 600,
         }
     }
 }

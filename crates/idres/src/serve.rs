@@ -221,7 +221,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::clone(&dyn_store),
         identity,
         Auth::new(secrets, node_key)
-            .with_challenge_ttl(Duration::from_secs(config.handle.challenge_ttl_secs.max(1))),
+            .with_challenge_ttl(Duration::from_secs(config.handle.challenge_ttl_secs.max(1)))
+            .with_throttle(
+                config.handle.max_auth_failures,
+                Duration::from_secs(config.handle.auth_lockout_secs),
+            ),
     ));
     let udp = UdpServer::start(Arc::clone(&handler), udp_sockets).context("starting UDP")?;
     tcp_listener.set_nonblocking(true)?;
