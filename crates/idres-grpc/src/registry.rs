@@ -34,6 +34,9 @@ use crate::tls::{self, PeerCert};
 
 const FILING: &str = "grpc.filing";
 const FILING_BY_CERT: &str = "grpc.filing_by_cert";
+/// Filing id -> its state (one byte), written with every filing, so that
+/// the writer's per-operation check reads a byte instead of a filing.
+const FILING_STATE: &str = "grpc.filing_state";
 const AUDIT: &str = "grpc.audit";
 const PREFIX: &str = "grpc.prefix";
 const META: &str = "grpc.meta";
@@ -156,6 +159,22 @@ pub struct NodeRegistry {
     refuse_withdrawn: std::sync::atomic::AtomicBool,
 }
 
+/// The writes that store a filing: the filing and its state.
+fn put_filing(id: &str, stored: &pb::Filing) -> [Mutation; 2] {
+    [
+        Mutation::PutAux {
+            space: FILING.into(),
+            key: id.as_bytes().to_vec(),
+            value: stored.encode_to_vec(),
+        },
+        Mutation::PutAux {
+            space: FILING_STATE.into(),
+            key: id.as_bytes().to_vec(),
+            value: vec![u8::try_from(stored.state).unwrap_or(0)],
+        },
+    ]
+}
+
 /// The precondition of every write a node makes: its filing, as the
 /// writer sees it when it applies the write, is active. A write queued
 /// before a suspension or revocation that lands after it is refused.
@@ -175,14 +194,26 @@ impl idres_store::WriteGuard for ActiveFiling {
             kind: idres_store::DeniedKind::InsufficientPermissions,
             message,
         };
+        let quick = state
+            .aux(FILING_STATE, self.id.as_bytes())
+            .map_err(|e| denied(format!("storage error: {e}")))?;
+        if quick.as_deref() == Some(&[FilingState::Active as u8][..]) {
+            return Ok(());
+        }
         let stored = state
             .aux(FILING, self.id.as_bytes())
             .map_err(|e| denied(format!("storage error: {e}")))?
             .ok_or_else(|| denied(format!("no filing {}", self.id)))?;
         let f = pb::Filing::decode(stored.as_slice())
             .map_err(|e| denied(format!("stored filing {}: {e}", self.id)))?;
-        if f.state == FilingState::Active as i32 {
+        if f.state == FilingState::Active as i32 && quick.is_none() {
+            // A filing stored before its state had a key of its own.
             Ok(())
+        } else if f.state == FilingState::Active as i32 {
+            Err(denied(format!(
+                "node {}'s stored state disagrees with its filing",
+                f.id
+            )))
         } else {
             Err(denied(format!(
                 "node {} is {}: {}",
@@ -423,12 +454,10 @@ impl NodeRegistry {
             reason: String::new(),
             prefixes: Vec::new(),
         };
+        let [put_f, put_state] = put_filing(&id, &filing);
         let mutations = vec![
-            Mutation::PutAux {
-                space: FILING.into(),
-                key: id.as_bytes().to_vec(),
-                value: filing.encode_to_vec(),
-            },
+            put_f,
+            put_state,
             Mutation::PutAux {
                 space: FILING_BY_CERT.into(),
                 key: sha.as_bytes().to_vec(),
@@ -513,11 +542,7 @@ impl NodeRegistry {
         f.updated_at = now();
         let mut stored = f.clone();
         stored.prefixes.clear();
-        let mut mutations = vec![Mutation::PutAux {
-            space: FILING.into(),
-            key: f.id.as_bytes().to_vec(),
-            value: stored.encode_to_vec(),
-        }];
+        let mut mutations = put_filing(&f.id, &stored).to_vec();
         // A node that may no longer serve is no longer referred to: its
         // prefix records lose their HS_SITE, so this node answers for its
         // prefixes from the escrowed copies; reinstated, they get it back.
@@ -652,12 +677,10 @@ impl NodeRegistry {
                         key: sha.as_bytes().to_vec(),
                         value: id.as_bytes().to_vec(),
                     },
-                    Mutation::PutAux {
-                        space: FILING.into(),
-                        key: id.as_bytes().to_vec(),
-                        value: stored.encode_to_vec(),
-                    },
-                ],
+                ]
+                .into_iter()
+                .chain(put_filing(&id, &stored))
+                .collect(),
                 audit: pb::AuditEvent {
                     actor: caller.actor(),
                     action: "rotate".into(),
