@@ -188,43 +188,60 @@ impl idres_store::WriteGuard for ActiveFiling {
     fn check(
         &self,
         state: &dyn idres_store::StateView,
-        _mutations: &[Mutation],
+        mutations: &[Mutation],
     ) -> Result<(), idres_store::Denied> {
         let denied = |message: String| idres_store::Denied {
             kind: idres_store::DeniedKind::InsufficientPermissions,
             message,
         };
+        let storage = |e: idres_store::StoreError| denied(format!("storage error: {e}"));
         let quick = state
             .aux(FILING_STATE, self.id.as_bytes())
-            .map_err(|e| denied(format!("storage error: {e}")))?;
-        if quick.as_deref() == Some(&[FilingState::Active as u8][..]) {
-            return Ok(());
+            .map_err(storage)?;
+        if quick.as_deref() != Some(&[FilingState::Active as u8][..]) {
+            let stored = state
+                .aux(FILING, self.id.as_bytes())
+                .map_err(storage)?
+                .ok_or_else(|| denied(format!("no filing {}", self.id)))?;
+            let f = pb::Filing::decode(stored.as_slice())
+                .map_err(|e| denied(format!("stored filing {}: {e}", self.id)))?;
+            // A filing stored before its state had a key of its own is
+            // judged by the filing.
+            if !(quick.is_none() && f.state == FilingState::Active as i32) {
+                return Err(denied(format!(
+                    "node {} is {}: {}",
+                    f.id,
+                    FilingState::try_from(f.state)
+                        .unwrap_or(FilingState::Unspecified)
+                        .as_str_name()
+                        .to_ascii_lowercase(),
+                    f.reason
+                )));
+            }
         }
-        let stored = state
-            .aux(FILING, self.id.as_bytes())
-            .map_err(|e| denied(format!("storage error: {e}")))?
-            .ok_or_else(|| denied(format!("no filing {}", self.id)))?;
-        let f = pb::Filing::decode(stored.as_slice())
-            .map_err(|e| denied(format!("stored filing {}: {e}", self.id)))?;
-        if f.state == FilingState::Active as i32 && quick.is_none() {
-            // A filing stored before its state had a key of its own.
-            Ok(())
-        } else if f.state == FilingState::Active as i32 {
-            Err(denied(format!(
-                "node {}'s stored state disagrees with its filing",
-                f.id
-            )))
-        } else {
-            Err(denied(format!(
-                "node {} is {}: {}",
-                f.id,
-                FilingState::try_from(f.state)
-                    .unwrap_or(FilingState::Unspecified)
-                    .as_str_name()
-                    .to_ascii_lowercase(),
-                f.reason
-            )))
+        // Each handle lies under a prefix allocated to (or homed by) the
+        // node, as the allocation table stands when the write is applied.
+        for m in mutations {
+            let Some(handle) = m.handle() else { continue };
+            let mut owner = None;
+            for p in handle.prefix().ancestors() {
+                if let Some(v) = state.aux(PREFIX, p.as_str().as_bytes()).map_err(storage)? {
+                    owner = pb::PrefixAllocation::decode(v.as_slice()).ok();
+                    break;
+                }
+            }
+            match owner {
+                Some(a) if a.filing_id == self.id => {}
+                _ => {
+                    return Err(denied(format!(
+                        "{} is under no prefix allocated to node {}",
+                        handle.as_str(),
+                        self.id
+                    )))
+                }
+            }
         }
+        Ok(())
     }
 }
 
