@@ -484,11 +484,28 @@ impl Handler {
             Ok(h) => h,
             Err(e) => return self.error(m, ResponseCode::INVALID_HANDLE, &e.to_string(), now, out),
         };
-        if let Some(why) = self.withdrawn(&handle) {
-            return self.error(m, ResponseCode::ERROR, &why, now, out);
+        // One look at the prefix's home serves both questions: withdrawn,
+        // or homed elsewhere.
+        let home = if handle.is_prefix_record() {
+            None
+        } else {
+            self.store.prefix_home(handle.prefix().as_str())
+        };
+        if let Some(why) = home.as_ref().and_then(|h| h.withdrawn.as_ref()) {
+            let prefix = home
+                .as_ref()
+                .map(|h| h.prefix.to_string())
+                .unwrap_or_default();
+            return self.error(
+                m,
+                ResponseCode::ERROR,
+                &format!("prefix {prefix} is withdrawn: {why}"),
+                now,
+                out,
+            );
         }
-        if !m.header.op_flags.has(OpFlags::DO_NOT_REFER) && !handle.is_prefix_record() {
-            if let Some(home) = self.store.prefix_home(handle.prefix().as_str()) {
+        if !m.header.op_flags.has(OpFlags::DO_NOT_REFER) {
+            if let Some(home) = home {
                 if let Some(values) = self.referral_values(&home, &handle) {
                     self.stats.referrals.fetch_add(1, Ordering::Relaxed);
                     self.stats.answered.fetch_add(1, Ordering::Relaxed);
