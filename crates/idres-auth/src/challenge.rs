@@ -472,45 +472,11 @@ fn check_secret(
             };
             return if ok { Ok(()) } else { Err(failed()) };
         }
-        SECKEY_SHA1 => {
-            let mut h = Sha1::new();
-            h.update(&key);
-            h.update(nonce);
-            h.update(digest);
-            h.update(&key);
-            let mut v = vec![kind];
-            v.extend_from_slice(&h.finalize());
-            v
-        }
-        SECKEY_SHA256 => {
-            let mut h = Sha256::new();
-            h.update(&key);
-            h.update(nonce);
-            h.update(digest);
-            h.update(&key);
-            let mut v = vec![kind];
-            v.extend_from_slice(&h.finalize());
-            v
-        }
-        SECKEY_MD5 => {
-            let mut h = md5::Md5::new();
-            h.update(&key);
-            h.update(nonce);
-            h.update(digest);
-            h.update(&key);
-            let mut v = vec![kind];
-            v.extend_from_slice(&h.finalize());
-            v
-        }
-        _ if answer.len() == 16 => {
-            // Protocol 2.0: a bare MD5(key ‖ nonce ‖ digest ‖ key).
-            let mut h = md5::Md5::new();
-            h.update(&key);
-            h.update(nonce);
-            h.update(digest);
-            h.update(&key);
-            h.finalize().to_vec()
-        }
+        SECKEY_SHA1 => typed_sandwich::<Sha1>(kind, &key, nonce, digest),
+        SECKEY_SHA256 => typed_sandwich::<Sha256>(kind, &key, nonce, digest),
+        SECKEY_MD5 => typed_sandwich::<md5::Md5>(kind, &key, nonce, digest),
+        // Protocol 2.0: a bare MD5(key ‖ nonce ‖ digest ‖ key).
+        _ if answer.len() == 16 => sandwich::<md5::Md5>(&key, nonce, digest),
         other => return Err(bad(&format!("unknown answer type 0x{other:02x}"))),
     };
     if bool::from(expected.as_slice().ct_eq(answer)) {
@@ -518,6 +484,24 @@ fn check_secret(
     } else {
         Err(failed())
     }
+}
+
+/// H(key ‖ nonce ‖ digest ‖ key), the secret-key answer of the forms
+/// before PBKDF2.
+fn sandwich<D: sha1::Digest>(key: &[u8], nonce: &[u8], digest: &[u8]) -> Vec<u8> {
+    let mut h = D::new();
+    h.update(key);
+    h.update(nonce);
+    h.update(digest);
+    h.update(key);
+    h.finalize().to_vec()
+}
+
+/// The same after its type byte.
+fn typed_sandwich<D: sha1::Digest>(kind: u8, key: &[u8], nonce: &[u8], digest: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend(sandwich::<D>(key, nonce, digest));
+    v
 }
 
 fn check_signature(

@@ -292,8 +292,9 @@ pub fn ops_of(m: &Mutation, before: Option<&[HandleValue]>) -> Vec<Op> {
 }
 
 /// Two values are the same for permission purposes when nothing a client
-/// sees of them differs (timestamps aside).
-fn same_value(a: &HandleValue, b: &HandleValue) -> bool {
+/// sees of them differs (timestamps aside): writing one over the other is
+/// no change.
+pub fn same_value(a: &HandleValue, b: &HandleValue) -> bool {
     a.value_type == b.value_type
         && a.data == b.data
         && a.ttl == b.ttl

@@ -247,17 +247,6 @@ pub fn prepare_values(values: &mut [HandleValue], now: u32) {
     }
 }
 
-/// Whether two values are the same apart from their timestamps.
-fn same_value(a: &HandleValue, b: &HandleValue) -> bool {
-    a.index == b.index
-        && a.value_type == b.value_type
-        && a.data == b.data
-        && a.ttl_type == b.ttl_type
-        && a.ttl == b.ttl
-        && a.permissions == b.permissions
-        && a.references == b.references
-}
-
 fn is_admin(v: &HandleValue) -> bool {
     v.value_type.eq_ignore_ascii_case(types::HS_ADMIN)
 }
@@ -429,7 +418,7 @@ async fn put_record(
     for v in &mut values {
         match by_index.get(&v.index) {
             None => ops.push(Op::AddValue(is_admin(v))),
-            Some(o) if same_value(o, v) => v.timestamp = o.timestamp,
+            Some(o) if idres_auth::policy::same_value(o, v) => v.timestamp = o.timestamp,
             Some(o) => ops.push(Op::ModifyValue(is_admin(o) || is_admin(v))),
         }
     }

@@ -93,22 +93,7 @@ impl ApiError {
 
 impl From<&MutationError> for ApiError {
     fn from(e: &MutationError) -> Self {
-        let rc = match e {
-            MutationError::HandleNotFound(_) => ResponseCode::HANDLE_NOT_FOUND,
-            MutationError::HandleExists(_) => ResponseCode::HANDLE_ALREADY_EXISTS,
-            MutationError::ValueExists { .. } => ResponseCode::VALUE_ALREADY_EXISTS,
-            MutationError::ValueNotFound { .. } => ResponseCode::VALUES_NOT_FOUND,
-            MutationError::Invalid { .. } => ResponseCode::INVALID_VALUE,
-            MutationError::Denied(d) => match d.kind {
-                idres_store::DeniedKind::AuthenticationNeeded => {
-                    ResponseCode::AUTHENTICATION_NEEDED
-                }
-                idres_store::DeniedKind::InvalidAdmin => ResponseCode::INVALID_ADMIN,
-                _ => ResponseCode::INSUFFICIENT_PERMISSIONS,
-            },
-            _ => ResponseCode::ERROR,
-        };
-        Self::new(rc, e.to_string())
+        Self::new(idres_service::admin::response_code(e), e.to_string())
     }
 }
 

@@ -352,6 +352,23 @@ impl Auth {
     }
 }
 
+/// The response code of a refused write, the same on every face.
+pub fn response_code(e: &MutationError) -> ResponseCode {
+    match e {
+        MutationError::HandleNotFound(_) => ResponseCode::HANDLE_NOT_FOUND,
+        MutationError::HandleExists(_) => ResponseCode::HANDLE_ALREADY_EXISTS,
+        MutationError::ValueExists { .. } => ResponseCode::VALUE_ALREADY_EXISTS,
+        MutationError::ValueNotFound { .. } => ResponseCode::VALUES_NOT_FOUND,
+        MutationError::Invalid { .. } => ResponseCode::INVALID_VALUE,
+        MutationError::Denied(d) => match d.kind {
+            DeniedKind::AuthenticationNeeded => ResponseCode::AUTHENTICATION_NEEDED,
+            DeniedKind::InvalidAdmin => ResponseCode::INVALID_ADMIN,
+            _ => ResponseCode::INSUFFICIENT_PERMISSIONS,
+        },
+        _ => ResponseCode::ERROR,
+    }
+}
+
 /// Whether the identity a connection logged in as still holds a key (an
 /// HS_SECKEY or HS_PUBKEY at its index): a login lasts only as long as
 /// the credential it was made with.
@@ -495,22 +512,7 @@ fn guarded_write(
             }
             AdminReply::ok(op, body)
         }
-        Ok(Err(e)) => {
-            let rc = match &e {
-                MutationError::HandleNotFound(_) => ResponseCode::HANDLE_NOT_FOUND,
-                MutationError::HandleExists(_) => ResponseCode::HANDLE_ALREADY_EXISTS,
-                MutationError::ValueExists { .. } => ResponseCode::VALUE_ALREADY_EXISTS,
-                MutationError::ValueNotFound { .. } => ResponseCode::VALUES_NOT_FOUND,
-                MutationError::Invalid { .. } => ResponseCode::INVALID_VALUE,
-                MutationError::Denied(d) => match d.kind {
-                    DeniedKind::AuthenticationNeeded => ResponseCode::AUTHENTICATION_NEEDED,
-                    DeniedKind::InvalidAdmin => ResponseCode::INVALID_ADMIN,
-                    _ => ResponseCode::INSUFFICIENT_PERMISSIONS,
-                },
-                _ => ResponseCode::ERROR,
-            };
-            AdminReply::error(op, rc, &e.to_string())
-        }
+        Ok(Err(e)) => AdminReply::error(op, response_code(&e), &e.to_string()),
         Err(e) => {
             tracing::error!(error = %e, "store write failed");
             AdminReply::error(op, ResponseCode::ERROR, "storage error")

@@ -2,7 +2,7 @@
 //! Handle server, answering its challenges with an identity's secret or
 //! private key. Used by `idres handle` and its batch runner.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -10,11 +10,9 @@ use idres_auth::challenge::{self, Credential};
 use idres_auth::Identity;
 use idres_model::HandleValue;
 use idres_wire::body::{digest_alg_for, put_request_digest};
-use idres_wire::{
-    Envelope, Message, OpFlags, Reply, Request, ResponseCode, ENVELOPE_LEN, MAX_MESSAGE_LEN,
-};
+use idres_wire::{Message, OpFlags, Reply, Request, ResponseCode};
 
-use crate::client::{decode_reply, encode_request, ClientError, ClientReply};
+use crate::client::{decode_reply, encode_request, read_framed, ClientError, ClientReply};
 
 /// Most messages one reply may take (a continued LIST_HANDLES).
 const MAX_PARTS: usize = 100_000;
@@ -53,27 +51,7 @@ impl AdminOutcome {
 }
 
 fn name(rc: ResponseCode) -> &'static str {
-    match rc.0 {
-        1 => "SUCCESS",
-        2 => "ERROR",
-        3 => "SERVER_TOO_BUSY",
-        4 => "PROTOCOL_ERROR",
-        5 => "OPERATION_NOT_SUPPORTED",
-        100 => "HANDLE_NOT_FOUND",
-        101 => "HANDLE_ALREADY_EXISTS",
-        102 => "INVALID_HANDLE",
-        200 => "VALUES_NOT_FOUND",
-        201 => "VALUE_ALREADY_EXISTS",
-        202 => "INVALID_VALUE",
-        400 => "INVALID_ADMIN",
-        401 => "INSUFFICIENT_PERMISSIONS",
-        402 => "AUTHENTICATION_NEEDED",
-        403 => "AUTHENTICATION_FAILED",
-        404 => "INVALID_CREDENTIAL",
-        405 => "AUTHEN_TIMEOUT",
-        406 => "AUTHEN_ERROR",
-        _ => "",
-    }
+    rc.name().unwrap_or("")
 }
 
 impl AdminClient {
@@ -121,17 +99,7 @@ impl AdminClient {
     }
 
     fn read_message(&mut self) -> Result<Vec<u8>, ClientError> {
-        let mut head = [0u8; ENVELOPE_LEN];
-        self.stream.read_exact(&mut head)?;
-        let env = Envelope::decode(&head).map_err(|e| ClientError::Malformed(e.to_string()))?;
-        let len = env.message_length as usize;
-        if len > MAX_MESSAGE_LEN {
-            return Err(ClientError::Malformed("reply too large".into()));
-        }
-        let mut full = head.to_vec();
-        full.resize(ENVELOPE_LEN + len, 0);
-        self.stream.read_exact(&mut full[ENVELOPE_LEN..])?;
-        Ok(full)
+        read_framed(&mut self.stream)
     }
 
     /// Reads a reply to request `id`, all its continued parts included.

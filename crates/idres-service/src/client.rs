@@ -164,6 +164,13 @@ pub fn request_tcp(
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.write_all(request)?;
+    let full = read_framed(&mut s)?;
+    decode_reply(&full, 1)
+}
+
+/// Reads one envelope-framed message (envelope and message) from a
+/// stream, refusing one longer than the protocol allows.
+pub fn read_framed(s: &mut impl Read) -> Result<Vec<u8>, ClientError> {
     let mut head = [0u8; ENVELOPE_LEN];
     s.read_exact(&mut head)?;
     let env = Envelope::decode(&head).map_err(|e| ClientError::Malformed(e.to_string()))?;
@@ -174,7 +181,7 @@ pub fn request_tcp(
     let mut full = head.to_vec();
     full.resize(ENVELOPE_LEN + len, 0);
     s.read_exact(&mut full[ENVELOPE_LEN..])?;
-    decode_reply(&full, 1)
+    Ok(full)
 }
 
 /// Resolves a handle, optionally only some indexes and types.
