@@ -935,6 +935,35 @@ def test_wrong_answers_lock_that_identity_out_from_that_address(strict):
     assert_absent(strict, handle)
 
 
+@pytest.fixture(scope="module")
+def strict_verify(tmp_path_factory):
+    n = start_node(str(tmp_path_factory.mktemp("strict-verify")),
+                   extra_config="[handle]\nmax_auth_failures = 3\nauth_lockout_secs = 600\n")
+    yield n
+    n.stop()
+
+
+def test_verify_response_guesses_count_as_failures(strict_verify):
+    """VERIFY_RESPONSE is no way round the lockout: each wrong answer counts."""
+    c = Client(strict_verify, "tcp")
+    nonce = os.urandom(h.NONCE_SIZE)
+    digest = hashlib.sha256(b"a guessed request").digest()
+
+    def ask(secret):
+        body = h.body_verify_response(ADMIN_HANDLE, ADMIN_INDEX, nonce, digest,
+                                      h.seckey_answer_pbkdf2(secret, nonce, digest))
+        return c.request(h.OC_VERIFY_RESPONSE, body, rrdg=True, authenticate=False)
+
+    # Before any failure, the right answer is valid.
+    r = ask(SECRET.encode())
+    assert (r.rc, r.valid) == (h.RC_SUCCESS, True), f"{r} {r.message!r} valid={r.valid}"
+    for _ in range(3):
+        r = ask(b"a wrong guess")
+        assert (r.rc, r.valid) == (h.RC_SUCCESS, False), f"{r} {r.message!r} valid={r.valid}"
+    r = ask(SECRET.encode())
+    assert r.rc == h.RC_AUTHENTICATION_FAILED and r.valid is None, f"{r} {r.message!r} valid={r.valid}"
+
+
 def test_a_login_ends_when_its_key_is_removed(node_with_member):
     node, handle_of_member, secret = node_with_member
     member = h.SecretKeyAuth(handle_of_member, 300, secret)

@@ -292,9 +292,10 @@ impl Auth {
                 ),
             };
         // From here on, replies answer the challenged request.
-        let op = Message::parse_with_envelope(&pending.request)
-            .map(|o| o.header.op_code)
-            .unwrap_or(op);
+        let Ok(original) = Message::parse_with_envelope(&pending.request) else {
+            return AdminReply::error(op, ResponseCode::ERROR, "challenged request lost");
+        };
+        let op = original.header.op_code;
         let Ok(handle) = Handle::parse(identity) else {
             return AdminReply::error(
                 op,
@@ -339,9 +340,6 @@ impl Auth {
             return AdminReply::error(op, rc, &e.to_string());
         }
         self.throttle.succeeded(&named, ip);
-        let Ok(original) = Message::parse_with_envelope(&pending.request) else {
-            return AdminReply::error(op, ResponseCode::ERROR, "challenged request lost");
-        };
         let caller = Caller::Authenticated(who.clone());
         if original.header.op_code == LOGIN_ID_SYSTEM {
             tracing::info!(identity = %who, peer = %peer.addr, "logged in");
@@ -429,58 +427,54 @@ pub fn execute(
     // CREATE_HANDLE answers with the handle created (the minted one with
     // MINT_NEW_SUFFIX), as the reference server does.
     let mut created: Option<String> = None;
-    let mutation = match request {
-        Request::CreateHandle { handle, values } => {
-            let handle = if flags.has(OpFlags::MINT_NEW_SUFFIX) {
-                let name = format!("{}/{}", handle.trim_end_matches('/'), mint_suffix());
-                match parse(&name) {
-                    Ok(h) => h,
-                    Err(r) => return r,
+    let mutation: Result<Mutation, AdminReply> = (|| {
+        Ok(match request {
+            Request::CreateHandle { handle, values } => {
+                let handle = if flags.has(OpFlags::MINT_NEW_SUFFIX) {
+                    parse(&format!(
+                        "{}/{}",
+                        handle.trim_end_matches('/'),
+                        mint_suffix()
+                    ))?
+                } else {
+                    parse(handle)?
+                };
+                created = Some(handle.as_str().to_owned());
+                let values = stamp(values);
+                if flags.has(OpFlags::OVERWRITE) {
+                    Mutation::Put { handle, values }
+                } else {
+                    Mutation::Create { handle, values }
                 }
-            } else {
-                match parse(handle) {
-                    Ok(h) => h,
-                    Err(r) => return r,
-                }
-            };
-            created = Some(handle.as_str().to_owned());
-            let values = stamp(values);
-            if flags.has(OpFlags::OVERWRITE) {
-                Mutation::Put { handle, values }
-            } else {
-                Mutation::Create { handle, values }
             }
-        }
-        Request::DeleteHandle { handle } => match parse(handle) {
-            Ok(handle) => Mutation::Delete { handle },
-            Err(r) => return r,
-        },
-        Request::AddValue { handle, values } => match parse(handle) {
-            Ok(handle) => Mutation::AddValues {
-                handle,
+            Request::DeleteHandle { handle } => Mutation::Delete {
+                handle: parse(handle)?,
+            },
+            Request::AddValue { handle, values } => Mutation::AddValues {
+                handle: parse(handle)?,
                 values: stamp(values),
             },
-            Err(r) => return r,
-        },
-        Request::RemoveValue { handle, indexes } => match parse(handle) {
-            Ok(handle) => Mutation::RemoveValues { handle, indexes },
-            Err(r) => return r,
-        },
-        Request::ModifyValue { handle, values } => match parse(handle) {
-            Ok(handle) => Mutation::ModifyValues {
-                handle,
+            Request::RemoveValue { handle, indexes } => Mutation::RemoveValues {
+                handle: parse(handle)?,
+                indexes,
+            },
+            Request::ModifyValue { handle, values } => Mutation::ModifyValues {
+                handle: parse(handle)?,
                 values: stamp(values),
             },
-            Err(r) => return r,
-        },
-        Request::ListHandles { prefix } => return list(store, op, prefix, caller),
-        _ => {
-            return AdminReply::error(
-                op,
-                ResponseCode::OPERATION_NOT_SUPPORTED,
-                &format!("operation {} is not supported", op.0),
-            )
-        }
+            Request::ListHandles { prefix } => return Err(list(store, op, prefix, caller)),
+            _ => {
+                return Err(AdminReply::error(
+                    op,
+                    ResponseCode::OPERATION_NOT_SUPPORTED,
+                    &format!("operation {} is not supported", op.0),
+                ))
+            }
+        })
+    })();
+    let mutation = match mutation {
+        Ok(m) => m,
+        Err(reply) => return reply,
     };
     let mut body = BytesMut::new();
     if let Some(name) = created {
@@ -742,7 +736,15 @@ impl Auth {
     /// answer of one of this node's identities is right. Body: str handle,
     /// int4 index, str nonce, the digest (int4-length or type-prefixed),
     /// str answer; the reply is one byte, 1 valid or 0 not.
-    pub fn verify_response(&self, store: &Arc<dyn Store>, m: &Message<'_>) -> AdminReply {
+    ///
+    /// Each answer is a guess at the secret, so wrong ones count against
+    /// the identity and the asking address like wrong challenge answers.
+    pub fn verify_response(
+        &self,
+        store: &Arc<dyn Store>,
+        m: &Message<'_>,
+        peer: &Peer,
+    ) -> AdminReply {
         let op = m.header.op_code;
         let b = m.body;
         let mut at = 0usize;
@@ -775,6 +777,15 @@ impl Auth {
             return AdminReply::error(op, ResponseCode::INVALID_HANDLE, "not a handle");
         };
         let who = Identity { index, handle };
+        let named = who.to_string();
+        let ip = peer.addr.ip();
+        if self.throttle.blocked(&named, ip) {
+            return AdminReply::error(
+                op,
+                ResponseCode::AUTHENTICATION_FAILED,
+                &format!("too many failed checks for {who} from this address"),
+            );
+        }
         let valid = match idres_auth::challenge::verify_answer(
             &StoreView(store.as_ref()),
             &self.secrets,
@@ -793,6 +804,11 @@ impl Auth {
             }
             Err(_) => false,
         };
+        if valid {
+            self.throttle.succeeded(&named, ip);
+        } else {
+            self.throttle.failed(&named, ip);
+        }
         let mut body = BytesMut::new();
         body.put_u8(u8::from(valid));
         AdminReply::ok(op, body)

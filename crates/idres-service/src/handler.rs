@@ -273,7 +273,7 @@ impl Handler {
             return self.admin_reply(m, reply, peer, now, out);
         }
         if op == OpCode::VERIFY_RESPONSE {
-            let reply = self.auth.verify_response(&self.store, m);
+            let reply = self.auth.verify_response(&self.store, m, peer);
             return self.admin_reply(m, reply, peer, now, out);
         }
         if op == OpCode::SESSION_TERMINATE {
@@ -384,6 +384,19 @@ impl Handler {
             header.op_flags = OpFlags(header.op_flags.0 | OpFlags::RETURN_DIGEST);
         }
         if let Some(names) = &reply.list {
+            // Without continuation (UDP, HTTP) a list must fit one message.
+            let size: usize = names.iter().map(|n| 4 + n.len()).sum();
+            if peer.transport != Transport::Tcp && size + 4096 > idres_wire::MAX_MESSAGE_LEN {
+                let reply = admin::AdminReply::error_of(
+                    reply.op,
+                    ResponseCode::ERROR,
+                    &format!(
+                        "{} handles do not fit one message; list them over TCP",
+                        names.len()
+                    ),
+                );
+                return self.admin_reply(m, reply, peer, now, out);
+            }
             // On TCP a long list goes as several messages, all but the last
             // marked continuous; elsewhere in one message.
             let chunks: Vec<&[String]> = if peer.transport == Transport::Tcp && !names.is_empty() {
