@@ -123,6 +123,23 @@ pub fn load_cursor(
     Ok(c)
 }
 
+/// Makes a store restored from `url`'s backup follow `url` from the
+/// backup's sequence number `last_seq`, with no snapshot: the cursor a
+/// follower of the whole store would have stored at that point.
+pub fn seed_cursor(store: &dyn Store, url: &str, last_seq: u64) -> ServiceResult<()> {
+    let cursor = pb::SubscribeRequest {
+        from_seq: last_seq + 1,
+        ..Default::default()
+    };
+    let outcome = store.write(WriteRequest::one(Mutation::PutAux {
+        space: CURSORS.into(),
+        key: url.as_bytes().to_vec(),
+        value: cursor.encode_to_vec(),
+    }))?;
+    outcome.map_err(|e| ServiceError::Internal(e.to_string()))?;
+    Ok(())
+}
+
 fn decode_record(
     key: &str,
     bytes: &[u8],

@@ -17,9 +17,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup;
 mod cache;
 mod index;
 mod keys;
+pub mod metrics;
 pub mod record;
 mod sled_store;
 
@@ -60,6 +62,10 @@ pub enum StoreError {
     /// The store is closed.
     #[error("the store is shut down")]
     Closed,
+    /// An earlier write failed to reach the disk; the store takes no more
+    /// writes until it is reopened.
+    #[error("the store refuses writes since a write failed ({0}); restart the node once the cause is fixed")]
+    WriterFailed(String),
 }
 
 /// Why one write request was refused. Nothing of a refused request is

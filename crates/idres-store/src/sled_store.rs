@@ -12,9 +12,13 @@ use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use idres_model::{types, validate_values, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
 
+mod backup;
 mod trim;
 
+pub(crate) use backup::TapMsg;
+
 use crate::cache::{Lookup, ReadCache};
+use crate::metrics::StoreMetrics;
 use crate::record::RecordBytes;
 use crate::{index, keys};
 use crate::{
@@ -35,6 +39,8 @@ pub struct SledConfig {
     pub read_cache_bytes: usize,
     /// Applied to every record written ([`ValuePolicy`]).
     pub value_policy: Option<Arc<dyn ValuePolicy>>,
+    /// Where the store's measurements go.
+    pub metrics: Arc<StoreMetrics>,
 }
 
 impl SledConfig {
@@ -47,6 +53,7 @@ impl SledConfig {
             max_group_mutations: 20_000,
             read_cache_bytes: 256 << 20,
             value_policy: None,
+            metrics: Arc::default(),
         }
     }
 }
@@ -63,6 +70,15 @@ struct Shared {
     closing: AtomicBool,
     value_policy: Option<Arc<dyn ValuePolicy>>,
     cursors: CursorCipher,
+    /// A running backup's tap; the writer holds this lock for each whole
+    /// group, so the tap comes and goes between groups.
+    tap: Mutex<Option<Sender<TapMsg>>>,
+    /// Held by trimming and by a backup, so that neither sees the other.
+    trim_lock: Mutex<()>,
+    /// Set when a group failed to apply or flush: the writer then refuses
+    /// every write until the store is reopened.
+    failed: RwLock<Option<String>>,
+    metrics: Arc<StoreMetrics>,
 }
 
 /// Seals search cursors so that they are opaque to clients: a cursor names
@@ -205,6 +221,7 @@ struct Job {
 #[derive(Debug)]
 pub struct SledStore {
     shared: Arc<Shared>,
+    path: PathBuf,
     jobs: Mutex<Option<Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -290,6 +307,10 @@ impl SledStore {
             closing: AtomicBool::new(false),
             value_policy: config.value_policy.clone(),
             cursors,
+            tap: Mutex::new(None),
+            trim_lock: Mutex::new(()),
+            failed: RwLock::new(None),
+            metrics: Arc::clone(&config.metrics),
         });
         if config.read_cache_bytes > 0 {
             let fill_shared = Arc::clone(&shared);
@@ -307,6 +328,7 @@ impl SledStore {
             .map_err(|e| StoreError::Io(e.to_string()))?;
         Ok(Self {
             shared,
+            path: config.path.clone(),
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
@@ -427,8 +449,16 @@ fn writer_loop(shared: &Shared, jobs: &Receiver<Job>, max_group: usize) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        shared.metrics.queue_depth.dec_by(group.len() as i64);
         let (requests, callbacks): (Vec<WriteRequest>, Vec<WriteCallback>) =
             group.into_iter().map(|j| (j.request, j.done)).unzip();
+        if let Some(reason) = shared.failed.read().ok().and_then(|f| f.clone()) {
+            for done in callbacks {
+                done(Err(StoreError::WriterFailed(reason.clone())));
+            }
+            continue;
+        }
+        shared.metrics.group_mutations.observe(mutations as f64);
         match commit_group(shared, requests) {
             Ok(outcomes) => {
                 for (done, outcome) in callbacks.into_iter().zip(outcomes) {
@@ -436,10 +466,17 @@ fn writer_loop(shared: &Shared, jobs: &Receiver<Job>, max_group: usize) {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "group commit failed");
+                // Part of the group may have reached the database: refuse
+                // every later write, so that nothing is written on top of a
+                // state nobody was told of, until the store is reopened.
+                tracing::error!(error = %e, "group commit failed; the store refuses writes until it is reopened");
                 let msg = e.to_string();
+                if let Ok(mut f) = shared.failed.write() {
+                    *f = Some(msg.clone());
+                }
+                shared.metrics.writer_failed.set(1);
                 for done in callbacks {
-                    done(Err(StoreError::Io(msg.clone())));
+                    done(Err(StoreError::WriterFailed(msg.clone())));
                 }
             }
         }
@@ -470,6 +507,8 @@ struct Group<'s> {
     base_count: usize,
     /// Batches closed so far, applied in order at commit.
     sealed: Vec<sled::Batch>,
+    /// Every key change of the group, for a running backup.
+    tap: Option<(Vec<u8>, u64)>,
 }
 
 impl<'s> Group<'s> {
@@ -676,15 +715,29 @@ impl<'s> Group<'s> {
     }
 
     fn put(&mut self, key: impl Into<sled::IVec>, value: impl Into<sled::IVec>) {
-        self.batch.insert(key, value);
+        self.raw_put(key.into(), value.into());
         self.ops += 1;
         self.wrote = true;
     }
 
     fn del(&mut self, key: impl Into<sled::IVec>) {
+        let key = key.into();
+        if let Some((buf, n)) = &mut self.tap {
+            crate::backup::encode_op(buf, &key, None);
+            *n += 1;
+        }
         self.batch.remove(key);
         self.ops += 1;
         self.wrote = true;
+    }
+
+    /// Stages a key, telling a running backup.
+    fn raw_put(&mut self, key: sled::IVec, value: sled::IVec) {
+        if let Some((buf, n)) = &mut self.tap {
+            crate::backup::encode_op(buf, &key, Some(&value));
+            *n += 1;
+        }
+        self.batch.insert(key, value);
     }
 
     /// Closes the current sled batch: its change-log run and the counters
@@ -697,16 +750,28 @@ impl<'s> Group<'s> {
             return;
         }
         let mut seq = self.batch_first_seq;
-        for run in self.log.chunks(MAX_RUN) {
-            self.batch
-                .insert(&keys::change(seq), encode_run(self.time, run));
-            seq += run.len() as u64;
+        let runs: Vec<(u64, Vec<u8>)> = self
+            .log
+            .chunks(MAX_RUN)
+            .map(|run| {
+                let r = (seq, encode_run(self.time, run));
+                seq += run.len() as u64;
+                r
+            })
+            .collect();
+        for (seq, run) in runs {
+            self.raw_put(keys::change(seq).as_slice().into(), run.into());
         }
         let last = self.next_seq - 1;
         let count = (self.base_count as isize + self.count_delta).max(0) as u64;
-        self.batch.insert(keys::META_LAST_SEQ, &last.to_be_bytes());
-        self.batch
-            .insert(keys::META_HANDLE_COUNT, &count.to_be_bytes());
+        self.raw_put(
+            keys::META_LAST_SEQ.into(),
+            last.to_be_bytes().as_slice().into(),
+        );
+        self.raw_put(
+            keys::META_HANDLE_COUNT.into(),
+            count.to_be_bytes().as_slice().into(),
+        );
         self.sealed.push(std::mem::take(&mut self.batch));
         self.log.clear();
         self.ops = 0;
@@ -896,6 +961,40 @@ fn commit_group(
     shared: &Shared,
     requests: Vec<WriteRequest>,
 ) -> Result<Vec<Result<Committed, MutationError>>, StoreError> {
+    // Held for the whole group, so that a backup's tap comes and goes
+    // between groups.
+    let tap = shared
+        .tap
+        .lock()
+        .map_err(|_| StoreError::Io("tap lock poisoned".into()))?;
+    let (result, ops) = match commit_group_tapped(shared, requests, tap.is_some()) {
+        Ok((outcomes, ops)) => (Ok(outcomes), ops),
+        Err(e) => (Err(e), None),
+    };
+    if let Some(tx) = tap.as_ref() {
+        let msg = match (&result, ops) {
+            (Err(e), _) => Some(TapMsg::Failed(e.to_string())),
+            (Ok(_), Some((buf, n))) if n > 0 => Some(TapMsg::Ops(buf, n)),
+            (Ok(_), _) => None,
+        };
+        if let Some(m) = msg {
+            let _ = tx.send(m);
+        }
+    }
+    result
+}
+
+type Tapped = (
+    Vec<Result<Committed, MutationError>>,
+    Option<(Vec<u8>, u64)>,
+);
+
+fn commit_group_tapped(
+    shared: &Shared,
+    requests: Vec<WriteRequest>,
+    tapped: bool,
+) -> Result<Tapped, StoreError> {
+    let started = std::time::Instant::now();
     let first_seq = shared.last_seq.load(Ordering::Acquire) + 1;
     let base_count = shared.handle_count.load(Ordering::Acquire);
     let mut group = Group {
@@ -913,6 +1012,7 @@ fn commit_group(
         batch_first_seq: first_seq,
         base_count,
         sealed: Vec::new(),
+        tap: tapped.then(|| (Vec::new(), 0)),
     };
     let mut outcomes = Vec::with_capacity(requests.len());
     for request in requests {
@@ -931,12 +1031,17 @@ fn commit_group(
         for (key, bytes) in &group.overlay {
             shared.cache.set(key, bytes.as_deref());
         }
+        let flush_started = std::time::Instant::now();
         shared.db.flush().map_err(io)?;
+        let m = &shared.metrics;
+        m.flush_seconds
+            .observe(flush_started.elapsed().as_secs_f64());
+        m.commit_seconds.observe(started.elapsed().as_secs_f64());
         shared.last_seq.store(last, Ordering::Release);
         shared.handle_count.store(count, Ordering::Release);
         update_prefixes(shared, &group.overlay)?;
     }
-    Ok(outcomes)
+    Ok((outcomes, group.tap.take()))
 }
 
 fn update_prefixes(
@@ -978,10 +1083,16 @@ fn update_prefixes(
 impl Store for SledStore {
     fn get(&self, key: &str) -> Result<Option<RecordBytes>, StoreError> {
         match self.shared.cache.get(key) {
-            Lookup::Hit(e) => return Ok(Some(RecordBytes::from_cache(e))),
-            Lookup::Absent => return Ok(None),
-            Lookup::Miss => {}
-        }
+            Lookup::Hit(e) => {
+                self.shared.metrics.cache_hits.inc();
+                return Ok(Some(RecordBytes::from_cache(e)));
+            }
+            Lookup::Absent => {
+                self.shared.metrics.cache_hits.inc();
+                return Ok(None);
+            }
+            Lookup::Miss => self.shared.metrics.cache_misses.inc(),
+        };
         let mut k = [0u8; 1 + idres_model::MAX_HANDLE_LEN];
         let Some(slot) = k.get_mut(1..1 + key.len()) else {
             return Ok(None);
@@ -997,7 +1108,9 @@ impl Store for SledStore {
         let sender = self.jobs.lock().ok().and_then(|j| j.clone());
         match sender {
             Some(tx) => {
+                self.shared.metrics.queue_depth.inc();
                 if let Err(mpsc::SendError(job)) = tx.send(Job { request, done }) {
+                    self.shared.metrics.queue_depth.dec();
                     (job.done)(Err(StoreError::Closed));
                 }
             }

@@ -50,6 +50,9 @@ pub struct NodeConfig {
     /// The key that seals secret keys at rest (32 bytes; made at the first
     /// start). Defaults to `secrets.key` in the data directory.
     pub secrets_key: Option<PathBuf>,
+    /// The local control socket (`idres backup` talks to it). Defaults to
+    /// `control.sock` in the data directory.
+    pub control_socket: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -62,6 +65,7 @@ impl Default for NodeConfig {
             upstream: None,
             key: None,
             secrets_key: None,
+            control_socket: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 mod batch;
 mod bench;
 mod config;
+mod control;
 mod handle_cli;
 mod http;
 mod records;
@@ -39,6 +40,12 @@ enum Command {
     Import(records::ImportArgs),
     /// Export every record as JSON Lines.
     Export(records::ExportArgs),
+    /// Write a consistent point-in-time backup of everything the store
+    /// holds, from the running node (or from a stopped node's directory).
+    Backup(control::BackupArgs),
+    /// Build a new store from a backup: same records, sequence numbers,
+    /// change log, filings, cursors.
+    Restore(control::RestoreArgs),
     /// Resolve a handle over the Handle protocol and print it as JSON.
     Resolve(ResolveArgs),
     /// Development certificates for the gRPC face (a CA, servers, nodes,
@@ -174,6 +181,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a).map(|()| ExitCode::SUCCESS),
         Command::Import(a) => records::import(a).map(|()| ExitCode::SUCCESS),
         Command::Export(a) => records::export(a).map(|()| ExitCode::SUCCESS),
+        Command::Backup(a) => control::backup(a).map(|()| ExitCode::SUCCESS),
+        Command::Restore(a) => control::restore(a).map(|()| ExitCode::SUCCESS),
         Command::Resolve(a) => resolve(a),
         Command::Cert(c) => idres_grpc::cli::cert(c)
             .map(|()| ExitCode::SUCCESS)

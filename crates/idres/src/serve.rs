@@ -284,6 +284,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let control = crate::control::start(
+        &crate::control::socket_path(&config),
+        Arc::clone(&store),
+        stop_rx.clone(),
+    )?;
     let http = match config.http.listen {
         Some(listen) => Some(
             crate::http::start(&config.http, listen, Arc::clone(&handler), stop_rx.clone()).await?,
@@ -325,7 +330,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 let _ = g.join().await;
             }
         };
-        let _ = tokio::join!(http, dns, grpc, tcp, udp_stopped);
+        let _ = tokio::join!(http, dns, grpc, tcp, udp_stopped, control);
     };
     if tokio::time::timeout(Duration::from_secs(3), faces)
         .await

@@ -20,6 +20,11 @@ impl SledStore {
     /// `keep_from` (never past the last change), flushes, and returns the
     /// new first sequence number.
     pub fn trim_changes(&self, keep_from: u64) -> Result<u64, StoreError> {
+        let _backup = self
+            .shared
+            .trim_lock
+            .lock()
+            .map_err(|_| crate::StoreError::Io("trim lock poisoned".into()))?;
         let keep_from = keep_from.min(self.last_seq() + 1);
         let db = &self.shared.db;
         loop {
