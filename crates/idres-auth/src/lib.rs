@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod challenge;
 pub mod identity;
 pub mod nodekey;

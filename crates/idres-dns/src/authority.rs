@@ -32,6 +32,7 @@ use std::sync::Arc;
 use hickory_proto::op::Query;
 use hickory_proto::rr::{DNSClass, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use idres_metrics::{FaceMetrics, Metrics};
 use idres_model::{oid, Handle, Oid, Prefix};
 use idres_store::{RecordBytes, Store};
 
@@ -90,6 +91,64 @@ pub struct Authority {
     hostmaster: HostName,
     timers: Timers,
     max_udp_payload: u16,
+    faces: Option<DnsFaces>,
+}
+
+/// The request counters of the three transports.
+#[derive(Debug)]
+struct DnsFaces {
+    udp: FaceMetrics,
+    tcp: FaceMetrics,
+    quic: FaceMetrics,
+}
+
+/// The query type of a query message, as a label (the name's labels are
+/// skipped without decoding).
+fn qtype_label(msg: &[u8]) -> &'static str {
+    let mut at = HEADER_LEN;
+    while let Some(&len) = msg.get(at) {
+        if len == 0 {
+            let Some(t) = msg.get(at + 1..at + 3) else {
+                return "OTHER";
+            };
+            return match u16::from_be_bytes([t[0], t[1]]) {
+                1 => "A",
+                2 => "NS",
+                5 => "CNAME",
+                6 => "SOA",
+                12 => "PTR",
+                15 => "MX",
+                16 => "TXT",
+                28 => "AAAA",
+                33 => "SRV",
+                35 => "NAPTR",
+                43 => "DS",
+                48 => "DNSKEY",
+                65 => "HTTPS",
+                251 => "IXFR",
+                252 => "AXFR",
+                255 => "ANY",
+                _ => "OTHER",
+            };
+        }
+        if len & 0xC0 != 0 {
+            return "OTHER";
+        }
+        at += 1 + usize::from(len);
+    }
+    "OTHER"
+}
+
+fn rcode_label(resp: &[u8]) -> &'static str {
+    match resp.get(3).map(|b| b & 0x0F) {
+        Some(0) => "NOERROR",
+        Some(1) => "FORMERR",
+        Some(2) => "SERVFAIL",
+        Some(3) => "NXDOMAIN",
+        Some(4) => "NOTIMP",
+        Some(5) => "REFUSED",
+        _ => "OTHER",
+    }
 }
 
 /// Where the question name stands relative to the zone.
@@ -173,6 +232,7 @@ impl Authority {
                 negative_ttl: config.negative_ttl,
             },
             max_udp_payload: config.max_udp_payload.max(CLASSIC_UDP),
+            faces: None,
         })
     }
 
@@ -186,9 +246,43 @@ impl Authority {
         &self.store
     }
 
+    /// Counts every query in `metrics` by transport (`dns_udp`, `dns_tcp`,
+    /// `dns_quic`), query type and rcode.
+    pub fn set_metrics(&mut self, metrics: &Arc<Metrics>) {
+        self.faces = Some(DnsFaces {
+            udp: metrics.face("dns_udp"),
+            tcp: metrics.face("dns_tcp"),
+            quic: metrics.face("dns_quic"),
+        });
+    }
+
     /// Answers the query `msg` that arrived over `transport` at Unix time
     /// `now`, writing the response into `out` (cleared first).
     pub fn answer(&self, msg: &[u8], transport: Transport, now: u32, out: &mut Vec<u8>) -> Outcome {
+        let Some(faces) = &self.faces else {
+            return self.answer_inner(msg, transport, now, out);
+        };
+        let face = match transport {
+            Transport::Udp => &faces.udp,
+            Transport::Tcp => &faces.tcp,
+            Transport::Quic => &faces.quic,
+        };
+        let started = std::time::Instant::now();
+        let outcome = self.answer_inner(msg, transport, now, out);
+        match outcome {
+            Outcome::Drop => face.dropped("unreadable"),
+            Outcome::Reply => face.record(qtype_label(msg), rcode_label(out), started.elapsed()),
+        }
+        outcome
+    }
+
+    fn answer_inner(
+        &self,
+        msg: &[u8],
+        transport: Transport,
+        now: u32,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         let Some(header) = msg.get(..HEADER_LEN) else {
             return Outcome::Drop;
         };

@@ -118,6 +118,26 @@ pub enum ConfigError {
     NoRuntime,
 }
 
+impl DnsConfig {
+    /// Checks the names of the configuration (zone, name servers,
+    /// hostmaster) as the server would at start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name = |what: &'static str, n: &str| {
+            crate::wire::name_to_wire(n)
+                .map(drop)
+                .ok_or_else(|| ConfigError::BadName(what, n.to_owned()))
+        };
+        name("zone", &self.zone)?;
+        for n in &self.nameservers {
+            name("nameserver", n)?;
+        }
+        if let Some(h) = &self.hostmaster {
+            name("hostmaster", &h.replacen('@', ".", 1))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,16 @@ pub fn server_config(
     Ok(config)
 }
 
+/// Checks that a certificate chain and key load and belong together.
+pub fn check_files(cert: &Path, key: &Path) -> Result<(), ConfigError> {
+    let limits = DoqLimits {
+        max_connections: 1,
+        max_streams: 1,
+        idle: std::time::Duration::from_secs(1),
+    };
+    server_config(cert, key, limits).map(drop)
+}
+
 /// Makes a QUIC endpoint on `socket` (a std socket the caller bound).
 pub fn endpoint(
     socket: std::net::UdpSocket,

@@ -154,8 +154,13 @@ pub fn start(
     config: &DnsConfig,
     store: Arc<dyn Store>,
     sockets: DnsSockets,
+    metrics: Option<&Arc<idres_metrics::Metrics>>,
 ) -> Result<DnsServer, ConfigError> {
-    let authority = Arc::new(Authority::new(config, store)?);
+    let mut authority = Authority::new(config, store)?;
+    if let Some(m) = metrics {
+        authority.set_metrics(m);
+    }
+    let authority = Arc::new(authority);
     {
         // Until the index is built, the store answers its questions.
         let authority = Arc::clone(&authority);

@@ -126,7 +126,7 @@ async fn node() -> Node {
     config.cert = Some(cert);
     config.key = Some(key);
     let sockets = DnsSockets::bind(&config).unwrap();
-    let server = idres_dns::start(&config, Arc::clone(&store), sockets).unwrap();
+    let server = idres_dns::start(&config, Arc::clone(&store), sockets, None).unwrap();
     Node {
         _dir: dir,
         store,

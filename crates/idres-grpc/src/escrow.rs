@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use idres_store::Store;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tonic::Code;
 
@@ -32,6 +33,11 @@ const BATCH: usize = 2000;
 /// How often the node's prefix list is refreshed.
 const PREFIX_REFRESH: Duration = Duration::from_secs(30);
 
+/// The local sequence number escrowed through to `url`.
+pub fn cursor_of(store: &dyn Store, url: &str) -> ServiceResult<u64> {
+    cursor(store, url)
+}
+
 fn cursor(store: &dyn Store, url: &str) -> ServiceResult<u64> {
     Ok(store
         .aux_get(CURSORS, url.as_bytes())?
@@ -39,12 +45,18 @@ fn cursor(store: &dyn Store, url: &str) -> ServiceResult<u64> {
         .map_or(0, u64::from_be_bytes))
 }
 
-/// Runs escrow until `stop` turns true.
-pub async fn run(store: Arc<dyn Store>, upstream: Upstream, mut stop: watch::Receiver<bool>) {
+/// Runs escrow until `stop` turns true; operations the upstream refuses
+/// are counted in `dead_letters`.
+pub async fn run(
+    store: Arc<dyn Store>,
+    upstream: Upstream,
+    mut stop: watch::Receiver<bool>,
+    dead_letters: Counter,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let r = tokio::select! {
-            r = run_once(&store, &upstream) => r,
+            r = run_once(&store, &upstream, &dead_letters) => r,
             _ = stop.changed() => return,
         };
         if let Err(e) = r {
@@ -61,6 +73,7 @@ pub async fn run(store: Arc<dyn Store>, upstream: Upstream, mut stop: watch::Rec
 async fn run_once(
     store: &Arc<dyn Store>,
     upstream: &Upstream,
+    dead_letters: &Counter,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let channel = upstream.channel().await?;
     let mut nodes = NodeServiceClient::new(channel.clone());
@@ -153,6 +166,7 @@ async fn run_once(
                 let code = Code::from_i32(r.code);
                 if code != Code::Ok && code != Code::NotFound {
                     failed += 1;
+                    dead_letters.inc();
                     tracing::warn!(operation = %r.operation_id, code = ?code, message = %r.message,
                         "escrow operation refused upstream");
                 }

@@ -26,6 +26,7 @@ pub mod core;
 pub mod credit_code;
 pub mod error;
 pub mod escrow;
+pub mod metrics;
 pub mod node;
 pub mod node_service;
 pub mod page;

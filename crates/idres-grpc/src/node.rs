@@ -19,8 +19,12 @@ use tokio::sync::watch;
 use crate::core::{Core, Role};
 use crate::pb::{self, node_service_client::NodeServiceClient};
 use crate::replica::{self, FollowOptions, FollowStatus, Upstream};
-use crate::server::{self, Security};
+use crate::server::{self, Reporting, Security};
 use crate::tls::{ClientTlsPem, ServerTls, ServerTlsPem};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// The `[grpc]` section.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -37,6 +41,9 @@ pub struct GrpcConfig {
     /// CA whose `operator:` certificates identify operators (the client CA
     /// when unset).
     pub operator_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of those CAs: a revoked client
+    /// certificate is refused. Read again on SIGHUP.
+    pub client_crls: Vec<PathBuf>,
     /// Serve without TLS: development only, refused off loopback.
     pub dev_plaintext: bool,
     /// CA of the upstream's server certificate (secondary and mirror).
@@ -62,6 +69,10 @@ pub struct GrpcConfig {
     /// node: `escrow` (the default) answers them itself from the escrowed
     /// copies; `refuse` answers them with an error naming why.
     pub withdrawn_prefixes: String,
+    /// A mirror or secondary node is ready (`/readyz`, gRPC health) only
+    /// while it was caught up with its upstream within this many seconds
+    /// (0: 60).
+    pub ready_max_lag_secs: u64,
 }
 
 /// Why the face could not start.
@@ -95,9 +106,41 @@ pub struct GrpcFace {
     /// Follower progress (secondary and mirror).
     pub follow_status: Option<watch::Receiver<FollowStatus>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    tls: Option<(watch::Sender<ServerTls>, GrpcConfig)>,
+}
+
+/// Reads the server's TLS setup from the files `config` names.
+pub fn server_tls(config: &GrpcConfig) -> Result<ServerTls, StartError> {
+    let need = |p: &Option<PathBuf>, what: &str| {
+        p.clone().ok_or_else(|| {
+            StartError::Config(format!(
+                "{what} is required (mutual TLS); dev_plaintext serves without TLS on loopback only"
+            ))
+        })
+    };
+    let pem = ServerTlsPem::read(
+        &need(&config.cert, "cert")?,
+        &need(&config.key, "key")?,
+        &need(&config.client_ca, "client_ca")?,
+        config.operator_ca.as_deref(),
+    )?
+    .with_crls(&config.client_crls)?;
+    Ok(ServerTls::new(&pem)?)
 }
 
 impl GrpcFace {
+    /// Reads the certificate, key, CAs and CRLs again and serves new
+    /// connections with them; open connections keep theirs. On an error
+    /// the setup in force stays.
+    pub fn reload_tls(&self) -> Result<bool, StartError> {
+        let Some((tx, config)) = &self.tls else {
+            return Ok(false);
+        };
+        let fresh = server_tls(config)?;
+        let _ = tx.send(fresh);
+        Ok(true)
+    }
+
     /// Waits for the tasks to end after the stop signal.
     pub async fn join(self) {
         for t in self.tasks {
@@ -143,6 +186,120 @@ pub async fn start(
     store: Arc<dyn Store>,
     stop: watch::Receiver<bool>,
 ) -> Result<GrpcFace, StartError> {
+    start_reporting(config, role, upstream, store, stop, Reporting::default()).await
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+type GaugeF = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Exports a follower's progress and makes it part of readiness.
+fn report_follower(
+    reporting: &Reporting,
+    url: &str,
+    status: watch::Receiver<FollowStatus>,
+    max_lag: std::time::Duration,
+) {
+    let started = std::time::SystemTime::now();
+    if let Some(m) = &reporting.metrics {
+        let applied = Family::<UpstreamLabels, Gauge>::default();
+        let lag = Family::<UpstreamLabels, Gauge>::default();
+        let lag_secs = Family::<UpstreamLabels, GaugeF>::default();
+        m.register(
+            "idres_follower_applied_sequence",
+            "Upstream sequence number applied through",
+            applied.clone(),
+        );
+        m.register(
+            "idres_follower_lag_changes",
+            "Upstream changes not yet applied, as of the last batch",
+            lag.clone(),
+        );
+        m.register(
+            "idres_follower_lag_seconds",
+            "Seconds since the follower was last caught up with its upstream",
+            lag_secs.clone(),
+        );
+        let labels = UpstreamLabels {
+            upstream: url.to_owned(),
+        };
+        let st = status.clone();
+        m.on_scrape(move || {
+            let s = st.borrow().clone();
+            applied
+                .get_or_create(&labels)
+                .set(i64::try_from(s.applied_seq).unwrap_or(i64::MAX));
+            lag.get_or_create(&labels)
+                .set(i64::try_from(s.lag_changes()).unwrap_or(i64::MAX));
+            lag_secs.get_or_create(&labels).set(s.lag_seconds(started));
+        });
+    }
+    if let Some(h) = &reporting.health {
+        let url = url.to_owned();
+        h.add("follower", move || {
+            let s = status.borrow().clone();
+            let secs = s.lag_seconds(started);
+            if secs <= max_lag.as_secs_f64() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "not caught up with {url} for {secs:.0} s (allowed {} s; {} changes behind as of the last batch)",
+                    max_lag.as_secs(),
+                    s.lag_changes()
+                ))
+            }
+        });
+    }
+}
+
+/// Exports a secondary node's escrow backlog and dead letters.
+fn report_escrow(reporting: &Reporting, store: &Arc<dyn Store>, url: &str) -> Counter {
+    let dead = Counter::default();
+    if let Some(m) = &reporting.metrics {
+        let backlog = Family::<UpstreamLabels, Gauge>::default();
+        let dead_letters = Family::<UpstreamLabels, Counter>::default();
+        m.register(
+            "idres_escrow_backlog",
+            "Local changes not yet escrowed upstream",
+            backlog.clone(),
+        );
+        m.register(
+            "idres_escrow_dead_letters",
+            "Escrowed operations the upstream refused",
+            dead_letters.clone(),
+        );
+        let labels = UpstreamLabels {
+            upstream: url.to_owned(),
+        };
+        let (store, url, dead_out) = (Arc::clone(store), url.to_owned(), dead.clone());
+        m.on_scrape(move || {
+            let at = crate::escrow::cursor_of(&*store, &url).unwrap_or(0);
+            let n = store.last_seq().saturating_sub(at);
+            backlog
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            let c = dead_letters.get_or_create(&labels);
+            let (have, want) = (c.get(), dead_out.get());
+            if want > have {
+                c.inc_by(want - have);
+            }
+        });
+    }
+    dead
+}
+
+/// [`start`], reporting metrics and readiness as `reporting` says.
+pub async fn start_reporting(
+    config: &GrpcConfig,
+    role: Role,
+    upstream: Option<&str>,
+    store: Arc<dyn Store>,
+    stop: watch::Receiver<bool>,
+    reporting: Reporting,
+) -> Result<GrpcFace, StartError> {
     let core = Core::new(Arc::clone(&store), role)?;
     match config.withdrawn_prefixes.as_str() {
         "" | "escrow" => core.registry.set_refuse_withdrawn(false),
@@ -155,6 +312,7 @@ pub async fn start(
     }
     let mut tasks = Vec::new();
     let mut addr = None;
+    let mut tls_reload = None;
     if let Some(listen) = config.listen {
         let security = if config.dev_plaintext {
             if !listen.ip().is_loopback() {
@@ -164,20 +322,9 @@ pub async fn start(
             }
             Security::DevelopmentPlaintext
         } else {
-            let need = |p: &Option<PathBuf>, what: &str| {
-                p.clone().ok_or_else(|| {
-                    StartError::Config(format!(
-                        "{what} is required (mutual TLS); dev_plaintext serves without TLS on loopback only"
-                    ))
-                })
-            };
-            let pem = ServerTlsPem::read(
-                &need(&config.cert, "cert")?,
-                &need(&config.key, "key")?,
-                &need(&config.client_ca, "client_ca")?,
-                config.operator_ca.as_deref(),
-            )?;
-            Security::MutualTls(ServerTls::new(&pem)?)
+            let (tx, rx) = watch::channel(server_tls(config)?);
+            tls_reload = Some((tx, config.clone()));
+            Security::Reloadable(rx)
         };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -191,11 +338,12 @@ pub async fn start(
         })?);
         let mut s = stop.clone();
         let core = Arc::clone(&core);
+        let rep = reporting.clone();
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = s.wait_for(|v| *v).await;
             };
-            if let Err(e) = server::serve(core, listener, security, shutdown).await {
+            if let Err(e) = server::serve_reporting(core, listener, security, shutdown, rep).await {
                 tracing::error!(error = %e, "gRPC server stopped");
             }
         }));
@@ -212,6 +360,11 @@ pub async fn start(
         (_, Some(url)) => {
             let up = upstream_of(config, url)?;
             let (tx, rx) = watch::channel(FollowStatus::default());
+            let max_lag = std::time::Duration::from_secs(match config.ready_max_lag_secs {
+                0 => 60,
+                n => n,
+            });
+            report_follower(&reporting, url, rx.clone(), max_lag);
             follow_status = Some(rx);
             let batch = if config.sync_batch == 0 {
                 4096
@@ -241,7 +394,8 @@ pub async fn start(
             }));
             if role == Role::Secondary {
                 let stop3 = stop.clone();
-                tasks.push(tokio::spawn(crate::escrow::run(store, up, stop3)));
+                let dead = report_escrow(&reporting, &store, url);
+                tasks.push(tokio::spawn(crate::escrow::run(store, up, stop3, dead)));
             }
         }
     }
@@ -249,6 +403,7 @@ pub async fn start(
         addr,
         follow_status,
         tasks,
+        tls: tls_reload,
     })
 }
 

@@ -37,6 +37,14 @@ enum Scope {
 }
 
 impl Scope {
+    /// Who writes, for the audit log.
+    fn who(&self) -> String {
+        match self {
+            Scope::Node(f) => format!("node:{}", f.id),
+            Scope::Operator(s) => format!("operator:{s}"),
+        }
+    }
+
     fn key_prefix(&self) -> String {
         match self {
             Scope::Node(f) => format!("grpc/{}/", f.id),
@@ -195,13 +203,35 @@ impl RegistryServiceImpl {
         done: impl FnOnce(pb::OperationResult) + Send + 'static,
     ) {
         let kind = OperationKind::try_from(op.kind).unwrap_or(OperationKind::Unspecified);
+        // Every refusal, and every write of an operator, is an audit event;
+        // a node's own registrations are its data and stay in the change
+        // log (an event each would be a log line per registration).
+        let who = scope.who();
+        let operator = matches!(scope, Scope::Operator(_));
+        let audit = move |handle: &str, r: &pb::OperationResult| {
+            let ok = r.code == Code::Ok as i32;
+            if ok && !operator {
+                return;
+            }
+            let outcome = if ok { Ok(()) } else { Err(r.message.as_str()) };
+            idres_auth::audit::write("grpc", &who, kind.as_str_name(), handle, outcome);
+        };
         match self.prepare(scope, &op, now) {
-            Err(e) => done(failure(&op.operation_id, &e)),
+            Err(e) => {
+                let r = failure(&op.operation_id, &e);
+                audit(&op.handle, &r);
+                done(r)
+            }
             Ok(request) => {
                 let id = op.operation_id;
+                let handle = op.handle;
                 self.core.store.submit(
                     request,
-                    Box::new(move |outcome| done(outcome_to_result(id, outcome, kind))),
+                    Box::new(move |outcome| {
+                        let r = outcome_to_result(id, outcome, kind);
+                        audit(&handle, &r);
+                        done(r)
+                    }),
                 );
             }
         }

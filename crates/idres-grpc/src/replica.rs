@@ -80,6 +80,26 @@ pub struct FollowStatus {
     pub entries: u64,
     /// Batches applied since start.
     pub batches: u64,
+    /// When the upstream last showed this follower caught up with it
+    /// (every change applied, no snapshot running); a caught-up follower
+    /// hears so about every second.
+    pub in_sync_at: Option<std::time::SystemTime>,
+}
+
+impl FollowStatus {
+    /// Changes the upstream had that were not yet applied, as of the last
+    /// batch.
+    pub fn lag_changes(&self) -> u64 {
+        self.upstream_last_seq.saturating_sub(self.applied_seq)
+    }
+
+    /// Seconds since the follower was last known to be caught up
+    /// (`since` when it never was: the follower's start).
+    pub fn lag_seconds(&self, since: std::time::SystemTime) -> f64 {
+        std::time::SystemTime::now()
+            .duration_since(self.in_sync_at.unwrap_or(since))
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
 }
 
 /// Options of a follower.
@@ -333,6 +353,9 @@ async fn follow_once(
         total.in_snapshot = st.in_snapshot;
         total.entries += st.entries;
         total.batches += 1;
+        if !st.in_snapshot && st.applied_seq >= st.upstream_last_seq {
+            total.in_sync_at = Some(std::time::SystemTime::now());
+        }
         if let Some(tx) = status_tx {
             let _ = tx.send(total.clone());
         }
@@ -349,6 +372,11 @@ async fn follow_once(
             })
         })
         .await??;
+        if mutations.is_empty() && next == cursor && pending.is_empty() {
+            // Nothing new (a heartbeat): nothing to write.
+            finish(total, st);
+            continue;
+        }
         {
             let map = Arc::make_mut(&mut in_flight);
             for k in &keys {

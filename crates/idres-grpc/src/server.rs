@@ -57,9 +57,30 @@ fn verified_peer(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::S
 pub enum Security {
     /// Mutual TLS (the default and only production mode).
     MutualTls(ServerTls),
+    /// Mutual TLS whose setup may be replaced while serving (certificate
+    /// and CRL reloads); open connections keep theirs.
+    Reloadable(tokio::sync::watch::Receiver<ServerTls>),
     /// Plaintext for development, refused unless the listener is loopback.
     DevelopmentPlaintext,
 }
+
+/// What the face reports to the rest of the node.
+#[derive(Debug, Clone, Default)]
+pub struct Reporting {
+    /// Where calls are counted (face `grpc`).
+    pub metrics: Option<Arc<idres_metrics::Metrics>>,
+    /// The node's readiness, reported by the health service.
+    pub health: Option<Arc<idres_metrics::Health>>,
+}
+
+/// The services the health service reports on.
+const SERVICES: [&str; 5] = [
+    "",
+    "idres.v1.NodeService",
+    "idres.v1.RegistryService",
+    "idres.v1.ResolveService",
+    "idres.v1.SyncService",
+];
 
 /// Serves on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -68,9 +89,23 @@ pub async fn serve(
     security: Security,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_reporting(core, listener, security, shutdown, Reporting::default()).await
+}
+
+/// Serves on `listener` until `shutdown` completes, counting calls and
+/// reporting readiness as `reporting` says: the health service answers
+/// SERVING only while every readiness check of the node passes.
+pub async fn serve_reporting(
+    core: Arc<Core>,
+    listener: TcpListener,
+    security: Security,
+    shutdown: impl Future<Output = ()> + Send,
+    reporting: Reporting,
+) -> Result<(), ServeError> {
     let local = listener.local_addr()?;
     let tls = match security {
-        Security::MutualTls(t) => Some(t),
+        Security::MutualTls(t) => Some(tokio::sync::watch::channel(t).1),
+        Security::Reloadable(rx) => Some(rx),
         Security::DevelopmentPlaintext => {
             if !local.ip().is_loopback() {
                 return Err(ServeError::PlaintextNotLoopback(local));
@@ -80,27 +115,46 @@ pub async fn serve(
         }
     };
     let (mut health, health_service) = tonic_health::server::health_reporter();
-    for name in [
-        "idres.v1.NodeService",
-        "idres.v1.RegistryService",
-        "idres.v1.ResolveService",
-        "idres.v1.SyncService",
-    ] {
-        health
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
+    let status_of = |ready: bool| {
+        if ready {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        }
+    };
+    let ready_now = reporting.health.as_ref().is_none_or(|h| h.ready());
+    for name in SERVICES {
+        health.set_service_status(name, status_of(ready_now)).await;
     }
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    let watcher = reporting.health.clone().map(|checks| {
+        let mut reporter = health.clone();
+        tokio::spawn(async move {
+            let mut was = ready_now;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let c = Arc::clone(&checks);
+                let Ok(now) = tokio::task::spawn_blocking(move || c.ready()).await else {
+                    continue;
+                };
+                if now != was {
+                    for name in SERVICES {
+                        reporter.set_service_status(name, status_of(now)).await;
+                    }
+                    was = now;
+                }
+            }
+        })
+    });
+    let face = reporting.metrics.unwrap_or_default().face("grpc");
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let max = 64 << 20;
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(crate::metrics::MetricsLayer::new(face))
         .layer(tonic::service::interceptor(verified_peer))
         .add_service(health_service)
         .add_service(reflection)
@@ -127,6 +181,10 @@ pub async fn serve(
                 .max_decoding_message_size(max),
         )
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
-        .await?;
+        .await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    served?;
     Ok(())
 }

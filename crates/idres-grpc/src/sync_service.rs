@@ -26,6 +26,9 @@ const DEFAULT_BATCH: usize = 1024;
 const MAX_BATCH: usize = 8192;
 /// How often a caught-up subscription looks for new changes.
 const POLL: Duration = Duration::from_millis(20);
+/// How often a follower that is caught up is told so (an empty batch), so
+/// that it can tell a quiet source from one it lost.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The SyncService implementation.
 #[derive(Debug, Clone)]
@@ -369,6 +372,7 @@ fn produce(
     } else {
         r.from_seq
     };
+    let mut last_sent = std::time::Instant::now();
     loop {
         if next < store.first_seq()? {
             // The log was trimmed past what this replica has: start over.
@@ -390,6 +394,20 @@ fn produce(
             }
             if tx.is_closed() {
                 return Ok(());
+            }
+            if last_sent.elapsed() >= HEARTBEAT {
+                let progress = pb::ChangeProgress {
+                    through_seq: next - 1,
+                    source_last_seq: store.last_seq(),
+                };
+                let beat = pb::SyncBatch {
+                    entries: Vec::new(),
+                    phase: Some(Phase::Changes(progress)),
+                };
+                if !send(tx, beat) {
+                    return Ok(());
+                }
+                last_sent = std::time::Instant::now();
             }
             std::thread::sleep(POLL);
             continue;
@@ -438,5 +456,6 @@ fn produce(
         ) {
             return Ok(());
         }
+        last_sent = std::time::Instant::now();
     }
 }

@@ -67,6 +67,9 @@ pub struct ServerTlsPem {
     /// CA(s) whose `operator:` certificates identify operators (the client
     /// CA when `None`).
     pub operator_ca_pem: Option<String>,
+    /// Certificate revocation lists of those CAs (PEM): a revoked client
+    /// certificate is refused.
+    pub crl_pems: Vec<String>,
 }
 
 impl ServerTlsPem {
@@ -82,8 +85,29 @@ impl ServerTlsPem {
             key_pem: read(key)?,
             client_ca_pem: read(client_ca)?,
             operator_ca_pem: operator_ca.map(read).transpose()?,
+            crl_pems: Vec::new(),
         })
     }
+
+    /// Adds the revocation lists in `paths`.
+    pub fn with_crls(mut self, paths: &[std::path::PathBuf]) -> Result<Self, TlsError> {
+        for p in paths {
+            self.crl_pems.push(read(p)?);
+        }
+        Ok(self)
+    }
+}
+
+/// Parses every revocation list of a PEM text.
+pub fn crls_from_pem(
+    pem: &str,
+) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    let crls: Result<Vec<_>, _> = rustls_pemfile::crls(&mut pem.as_bytes()).collect();
+    let crls = crls.map_err(|e| TlsError::Pem(format!("bad CRL PEM: {e}")))?;
+    if crls.is_empty() {
+        return Err(TlsError::Pem("no CRL in PEM".into()));
+    }
+    Ok(crls)
 }
 
 /// Reads a text file.
@@ -239,9 +263,18 @@ pub struct PeerChecker {
 }
 
 impl PeerChecker {
-    fn new(client_ca_pem: &str, operator_ca_pem: Option<&str>) -> Result<Self, TlsError> {
+    fn new(
+        client_ca_pem: &str,
+        operator_ca_pem: Option<&str>,
+        crl_pems: &[String],
+    ) -> Result<Self, TlsError> {
+        let mut crls = Vec::new();
+        for pem in crl_pems {
+            crls.extend(crls_from_pem(pem)?);
+        }
         let build = |pem: &str| -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
             WebPkiClientVerifier::builder_with_provider(roots(pem)?, provider())
+                .with_crls(crls.clone())
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))
         };
@@ -278,6 +311,9 @@ impl PeerChecker {
                 }
                 Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)) => {
                     "the client certificate has expired".to_owned()
+                }
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)) => {
+                    "the client certificate is revoked (listed in a CRL this node holds)".to_owned()
                 }
                 Err(e) => format!("the client certificate was refused: {e}"),
                 Ok(_) => "the client certificate was refused".to_owned(),
@@ -329,7 +365,11 @@ impl ServerTls {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            checker: PeerChecker::new(&pem.client_ca_pem, pem.operator_ca_pem.as_deref())?,
+            checker: PeerChecker::new(
+                &pem.client_ca_pem,
+                pem.operator_ca_pem.as_deref(),
+                &pem.crl_pems,
+            )?,
         })
     }
 }
@@ -420,7 +460,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// hold up others), as a stream for tonic's `serve_with_incoming`.
 pub fn incoming(
     listener: TcpListener,
-    tls: Option<ServerTls>,
+    tls: Option<tokio::sync::watch::Receiver<ServerTls>>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -453,7 +493,9 @@ pub fn incoming(
                     }
                 }
                 Some(tls) => {
-                    let tls = tls.clone();
+                    // The setup in force now: a reload changes it for the
+                    // connections that come after.
+                    let tls = tls.borrow().clone();
                     tokio::spawn(async move {
                         let accepted =
                             tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream))
@@ -507,6 +549,30 @@ pub struct ClientTlsPem {
 }
 
 impl ClientTlsPem {
+    /// Checks the material without connecting: the CA parses, and the
+    /// certificate and key parse and belong together.
+    pub fn check(&self) -> Result<(), TlsError> {
+        let roots = roots(&self.ca_pem)?;
+        let certs = certs_from_pem(&self.cert_pem)?;
+        let key = key_from_pem(&self.key_pem)?;
+        let provider = provider();
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Config(format!("the key does not load: {e}")))?;
+        let certified = rustls::sign::CertifiedKey::new(certs, signing);
+        match certified.keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(e) => {
+                return Err(TlsError::Config(format!(
+                    "the key does not match the certificate: {e}"
+                )))
+            }
+        }
+        drop(roots);
+        Ok(())
+    }
+
     /// Reads the three files.
     pub fn read(
         ca: &std::path::Path,

@@ -96,9 +96,22 @@ async fn write_one(
     m: Mutation,
     raw: &str,
 ) -> Result<(), ApiError> {
-    match write(store, PermissionGuard::request(caller, vec![m])).await? {
-        Ok(_) => Ok(()),
-        Err(e) => Err(ApiError::from(&e).about(raw)),
+    let op = m.name();
+    let who = idres_auth::audit::who(caller);
+    let outcome = write(store, PermissionGuard::request(caller, vec![m])).await;
+    match outcome {
+        Ok(Ok(_)) => {
+            idres_auth::audit::write("http", &who, op, raw, Ok(()));
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            idres_auth::audit::write("http", &who, op, raw, Err(&e.to_string()));
+            Err(ApiError::from(&e).about(raw))
+        }
+        Err(e) => {
+            idres_auth::audit::write("http", &who, op, raw, Err(&e.message));
+            Err(e)
+        }
     }
 }
 

@@ -52,7 +52,7 @@ use idres_service::Handler;
 use idres_store::Store;
 
 pub use error::ApiError;
-pub use server::{serve, ConnInfo};
+pub use server::{serve, serve_reloadable, ConnInfo};
 pub use tls::{TlsError, TlsFiles};
 
 /// Settings of the HTTP face.
@@ -101,13 +101,32 @@ pub struct App {
     store: Arc<dyn Store>,
     handler: Arc<Handler>,
     auth: auth::Authenticator,
-    metrics: metrics::Metrics,
+    metrics: Arc<idres_metrics::Metrics>,
+    face: idres_metrics::FaceMetrics,
+    health: Arc<idres_metrics::Health>,
     options: HttpOptions,
 }
 
 impl App {
-    /// The state of an HTTP face over `handler` (and its store).
+    /// The state of an HTTP face over `handler` (and its store), with a
+    /// registry and readiness checks of its own.
     pub fn new(handler: Arc<Handler>, options: HttpOptions) -> Arc<Self> {
+        Self::with_node(
+            handler,
+            options,
+            idres_metrics::Metrics::new(),
+            idres_metrics::Health::new(),
+        )
+    }
+
+    /// The state of an HTTP face that exports the node's `metrics` and
+    /// answers `/readyz` from its `health`.
+    pub fn with_node(
+        handler: Arc<Handler>,
+        options: HttpOptions,
+        metrics: Arc<idres_metrics::Metrics>,
+        health: Arc<idres_metrics::Health>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store: Arc::clone(handler.store()),
             auth: auth::Authenticator::new(
@@ -116,7 +135,9 @@ impl App {
                 options.auth_lockout,
             ),
             handler,
-            metrics: metrics::Metrics::default(),
+            face: metrics.face("http"),
+            metrics,
+            health,
             options,
         })
     }
@@ -136,8 +157,8 @@ impl App {
         &self.options
     }
 
-    /// The request counters.
-    pub fn metrics(&self) -> &metrics::Metrics {
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<idres_metrics::Metrics> {
         &self.metrics
     }
 }
@@ -159,7 +180,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/hrls/handles", get(hrls::search))
         .route("/hrls/handles/", get(hrls::search))
         .route("/metrics", get(metrics::export))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(metrics::readyz))
         .fallback(web::by_path)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),

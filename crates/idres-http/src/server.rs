@@ -57,12 +57,23 @@ pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    stop: watch::Receiver<bool>,
+) {
+    serve_reloadable(listener, app, tls.map(|t| watch::channel(t).1), stop).await;
+}
+
+/// [`serve`] with a TLS setup that may be replaced while serving: each new
+/// connection takes the one in force when it is accepted, and open
+/// connections keep theirs.
+pub async fn serve_reloadable(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<watch::Receiver<Arc<rustls::ServerConfig>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let router = crate::router(Arc::clone(&app));
     let options = app.options().clone();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut tasks = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -91,7 +102,9 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let conn_stop = stop.clone();
-        let acceptor = acceptor.clone();
+        let acceptor = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.borrow())));
         let options = options.clone();
         tasks.spawn(async move {
             let _permit = permit;

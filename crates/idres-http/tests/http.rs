@@ -962,10 +962,11 @@ async fn web_page_redirect_and_negotiation() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("idres_http_requests_total{route=\"web\",status=\"3xx\"} 1"),
+        metrics.contains("idres_requests_total{face=\"http\",op=\"web\",code=\"404\"} 1")
+            && metrics.contains("idres_requests_total{face=\"http\",op=\"web\",code=\"400\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("idres_store_handles "));
+    assert!(metrics.contains("idres_request_duration_seconds_bucket{"));
     node.stop().await;
 }
 

@@ -494,21 +494,22 @@ fn guarded_write(
     body: BytesMut,
 ) -> AdminReply {
     let target = mutation.handle().map(|h| h.as_str().to_owned());
+    let handle = target.as_deref().unwrap_or("");
+    let op_name = op.name().unwrap_or("OTHER");
+    let who = idres_auth::audit::who(caller);
     match store.write(PermissionGuard::request(caller, vec![mutation])) {
         Ok(Ok(_)) => {
-            if let Some(identity) = caller.identity() {
-                tracing::info!(
-                    %identity,
-                    op = op.0,
-                    handle = target.as_deref().unwrap_or(""),
-                    "native administration applied"
-                );
-            }
+            idres_auth::audit::write("handle", &who, op_name, handle, Ok(()));
             AdminReply::ok(op, body)
         }
-        Ok(Err(e)) => AdminReply::error(op, response_code(&e), &e.to_string()),
+        Ok(Err(e)) => {
+            let why = e.to_string();
+            idres_auth::audit::write("handle", &who, op_name, handle, Err(&why));
+            AdminReply::error(op, response_code(&e), &why)
+        }
         Err(e) => {
-            tracing::error!(error = %e, "store write failed");
+            let why = e.to_string();
+            idres_auth::audit::write("handle", &who, op_name, handle, Err(&why));
             AdminReply::error(op, ResponseCode::ERROR, "storage error")
         }
     }

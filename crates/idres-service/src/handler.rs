@@ -15,7 +15,6 @@
 //!   unauthenticated client.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
@@ -28,6 +27,7 @@ use idres_wire::{
 };
 
 use crate::admin::{self, Auth, Peer, Transport};
+use idres_metrics::{FaceMetrics, Metrics};
 
 /// What this node says about itself.
 #[derive(Debug, Clone)]
@@ -39,25 +39,12 @@ pub struct NodeIdentity {
     pub service_handles: Vec<String>,
 }
 
-/// Counters of the handler, read by the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct HandlerStats {
-    /// Requests answered.
-    pub answered: AtomicU64,
-    /// Messages dropped without reply.
-    pub dropped: AtomicU64,
-    /// Replies with SUCCESS.
-    pub success: AtomicU64,
-    /// Replies with HANDLE_NOT_FOUND.
-    pub not_found: AtomicU64,
-    /// Referral replies.
-    pub referrals: AtomicU64,
-    /// PROTOCOL_ERROR replies.
-    pub protocol_errors: AtomicU64,
-    /// Other error replies.
-    pub other_errors: AtomicU64,
-    /// Authentication challenges sent.
-    pub challenges: AtomicU64,
+/// The request counters of the three transports.
+#[derive(Debug)]
+struct HandleFaces {
+    udp: FaceMetrics,
+    tcp: FaceMetrics,
+    http: FaceMetrics,
 }
 
 /// What [`Handler::handle`] did with a message.
@@ -75,7 +62,7 @@ pub struct Handler {
     store: Arc<dyn Store>,
     identity: NodeIdentity,
     site_bytes: bytes::Bytes,
-    stats: HandlerStats,
+    faces: Option<HandleFaces>,
     auth: Auth,
 }
 
@@ -108,7 +95,7 @@ impl Handler {
             store,
             identity,
             site_bytes,
-            stats: HandlerStats::default(),
+            faces: None,
             auth,
         }
     }
@@ -138,9 +125,24 @@ impl Handler {
         &self.store
     }
 
-    /// The handler's counters.
-    pub fn stats(&self) -> &HandlerStats {
-        &self.stats
+    /// Counts every request in `metrics`, by transport (`handle_udp`,
+    /// `handle_tcp`, `handle_http`), operation and response code.
+    pub fn with_metrics(mut self, metrics: &Arc<Metrics>) -> Self {
+        self.faces = Some(HandleFaces {
+            udp: metrics.face("handle_udp"),
+            tcp: metrics.face("handle_tcp"),
+            http: metrics.face("handle_http"),
+        });
+        self
+    }
+
+    /// The metrics of a transport, if counted.
+    pub fn face_metrics(&self, transport: Transport) -> Option<&FaceMetrics> {
+        self.faces.as_ref().map(|f| match transport {
+            Transport::Udp => &f.udp,
+            Transport::Tcp => &f.tcp,
+            Transport::Http => &f.http,
+        })
     }
 
     /// Handles one whole message (envelope and message) received at Unix
@@ -156,6 +158,40 @@ impl Handler {
     /// Handles one whole message from `peer` (whose connection state an
     /// exchange may change: a login), appending any reply to `out`.
     pub fn handle_from(
+        &self,
+        message: &[u8],
+        now: u32,
+        peer: &mut Peer,
+        out: &mut BytesMut,
+    ) -> Outcome {
+        let Some(face) = self.face_metrics(peer.transport) else {
+            return self.handle_inner(message, now, peer, out);
+        };
+        let started = std::time::Instant::now();
+        let start = out.len();
+        let outcome = self.handle_inner(message, now, peer, out);
+        match outcome {
+            Outcome::Drop => face.dropped("unreadable"),
+            Outcome::Reply => {
+                let word = |b: &[u8], at: usize| {
+                    b.get(at..at + 4)
+                        .and_then(|w| <[u8; 4]>::try_from(w).ok())
+                        .map(u32::from_be_bytes)
+                };
+                let at = idres_wire::ENVELOPE_LEN;
+                let op = word(message, at)
+                    .and_then(|o| OpCode(o).name())
+                    .unwrap_or("OTHER");
+                let code = word(&out[start..], at + 4)
+                    .and_then(|c| ResponseCode(c).name())
+                    .unwrap_or("OTHER");
+                face.record(op, code, started.elapsed());
+            }
+        }
+        outcome
+    }
+
+    fn handle_inner(
         &self,
         message: &[u8],
         now: u32,
@@ -182,10 +218,7 @@ impl Handler {
                     out,
                 )
             }
-            Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                Outcome::Drop
-            }
+            Err(_) => Outcome::Drop,
         }
     }
 
@@ -208,7 +241,6 @@ impl Handler {
         out: &mut BytesMut,
     ) -> Outcome {
         if m.header.is_response() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Outcome::Drop;
         }
         if m.header.op_flags.has(OpFlags::CERTIFY) && self.auth.node_key().is_none() {
@@ -332,8 +364,6 @@ impl Handler {
                 let mut w = self.begin(m, ResponseCode::SUCCESS, now, out);
                 w.body().put_slice(&self.site_bytes);
                 self.finish(m, w);
-                self.stats.success.fetch_add(1, Ordering::Relaxed);
-                self.stats.answered.fetch_add(1, Ordering::Relaxed);
                 Outcome::Reply
             }
             Request::Other(op) => self.error(
@@ -362,14 +392,6 @@ impl Handler {
         now: u32,
         out: &mut BytesMut,
     ) -> Outcome {
-        let counter = match reply.rc {
-            ResponseCode::SUCCESS => &self.stats.success,
-            ResponseCode::PROTOCOL_ERROR => &self.stats.protocol_errors,
-            ResponseCode::AUTHENTICATION_NEEDED => &self.stats.challenges,
-            _ => &self.stats.other_errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.stats.answered.fetch_add(1, Ordering::Relaxed);
         let mut envelope = m.envelope;
         if let Some(session) = reply.session_id {
             envelope.session_id = session;
@@ -471,13 +493,6 @@ impl Handler {
         now: u32,
         out: &mut BytesMut,
     ) -> Outcome {
-        let counter = match rc {
-            ResponseCode::HANDLE_NOT_FOUND => &self.stats.not_found,
-            ResponseCode::PROTOCOL_ERROR => &self.stats.protocol_errors,
-            _ => &self.stats.other_errors,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.stats.answered.fetch_add(1, Ordering::Relaxed);
         let mut w = self.begin(m, rc, now, out);
         put_error(w.body(), message);
         self.finish(m, w);
@@ -520,8 +535,6 @@ impl Handler {
         if !m.header.op_flags.has(OpFlags::DO_NOT_REFER) {
             if let Some(home) = home {
                 if let Some(values) = self.referral_values(&home, &handle) {
-                    self.stats.referrals.fetch_add(1, Ordering::Relaxed);
-                    self.stats.answered.fetch_add(1, Ordering::Relaxed);
                     let mut w = self.begin(m, ResponseCode::SERVICE_REFERRAL, now, out);
                     put_referral(
                         w.body(),
@@ -537,8 +550,6 @@ impl Handler {
             Ok(Some(r)) => r,
             Ok(None) => {
                 if let Some(values) = self.prefix_referral(m, &handle) {
-                    self.stats.referrals.fetch_add(1, Ordering::Relaxed);
-                    self.stats.answered.fetch_add(1, Ordering::Relaxed);
                     let mut w = self.begin(m, ResponseCode::PREFIX_REFERRAL, now, out);
                     put_referral(w.body(), "", &values);
                     self.finish(m, w);
@@ -561,8 +572,6 @@ impl Handler {
             let mut w = self.begin(m, ResponseCode::SUCCESS, now, out);
             put_resolution_reply(w.body(), raw_handle.as_bytes(), record.encoded_values());
             self.finish(m, w);
-            self.stats.success.fetch_add(1, Ordering::Relaxed);
-            self.stats.answered.fetch_add(1, Ordering::Relaxed);
             return Outcome::Reply;
         }
         // Filtered or partly private: copy the chosen values one by one.
@@ -603,8 +612,6 @@ impl Handler {
         let mut w = self.begin(m, ResponseCode::SUCCESS, now, out);
         put_resolution_reply(w.body(), raw_handle.as_bytes(), &chosen);
         self.finish(m, w);
-        self.stats.success.fetch_add(1, Ordering::Relaxed);
-        self.stats.answered.fetch_add(1, Ordering::Relaxed);
         Outcome::Reply
     }
 

@@ -13,7 +13,7 @@ pub mod tcp;
 pub mod udp;
 
 pub use admin::{Auth, Peer, Transport};
-pub use handler::{Handler, HandlerStats, NodeIdentity, Outcome};
+pub use handler::{Handler, NodeIdentity, Outcome};
 
 /// The current Unix time in seconds.
 pub fn unix_now() -> u32 {

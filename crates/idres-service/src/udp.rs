@@ -128,7 +128,9 @@ fn worker(handler: &Handler, socket: &UdpSocket, stop: &AtomicBool) {
             }
         };
         if n > MAX_DATAGRAM {
-            handler.stats().dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(f) = handler.face_metrics(Transport::Udp) {
+                f.dropped("oversized");
+            }
             continue;
         }
         let now = unix_now();
@@ -142,7 +144,9 @@ fn worker(handler: &Handler, socket: &UdpSocket, stop: &AtomicBool) {
             }
             Ok(Assembled::Pending) => continue,
             Err(_) => {
-                handler.stats().dropped.fetch_add(1, Ordering::Relaxed);
+                if let Some(f) = handler.face_metrics(Transport::Udp) {
+                    f.dropped("reassembly");
+                }
                 continue;
             }
         };

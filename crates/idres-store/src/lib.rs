@@ -258,6 +258,23 @@ impl Mutation {
             Mutation::PutAux { .. } | Mutation::DeleteAux { .. } | Mutation::Require { .. } => None,
         }
     }
+
+    /// The mutation's name, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mutation::Put { .. } => "put",
+            Mutation::Create { .. } => "create",
+            Mutation::Delete { .. } => "delete",
+            Mutation::DeleteIfExists { .. } => "delete_if_exists",
+            Mutation::AddValues { .. } => "add_values",
+            Mutation::RemoveValues { .. } => "remove_values",
+            Mutation::ModifyValues { .. } => "modify_values",
+            Mutation::UpsertValues { .. } => "upsert_values",
+            Mutation::PutAux { .. } => "put_aux",
+            Mutation::DeleteAux { .. } => "delete_aux",
+            Mutation::Require { .. } => "require",
+        }
+    }
 }
 
 /// A group of mutations applied all together or not at all.

@@ -41,6 +41,11 @@ impl Default for StoreMetrics {
 }
 
 impl StoreMetrics {
+    /// Adds these metrics to the node's registry.
+    pub fn register_into(&self, metrics: &idres_metrics::Metrics) {
+        metrics.with_registry(|r| self.register(r));
+    }
+
     /// Adds these metrics to `registry` (prefix `idres_`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(

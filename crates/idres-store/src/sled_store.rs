@@ -79,6 +79,8 @@ struct Shared {
     /// every write until the store is reopened.
     failed: RwLock<Option<String>>,
     metrics: Arc<StoreMetrics>,
+    /// Whether the read cache's fill from the database has ended.
+    warm: AtomicBool,
 }
 
 /// Seals search cursors so that they are opaque to clients: a cursor names
@@ -311,6 +313,7 @@ impl SledStore {
             trim_lock: Mutex::new(()),
             failed: RwLock::new(None),
             metrics: Arc::clone(&config.metrics),
+            warm: AtomicBool::new(config.read_cache_bytes == 0),
         });
         if config.read_cache_bytes > 0 {
             let fill_shared = Arc::clone(&shared);
@@ -354,6 +357,22 @@ impl SledStore {
         self.shared.cache.is_complete()
     }
 
+    /// Whether the read cache has been filled from the database (or there
+    /// is none), so that resolutions run at full speed.
+    pub fn cache_warm(&self) -> bool {
+        self.shared.warm.load(Ordering::Acquire)
+    }
+
+    /// Why the store refuses writes, if a write failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.read().ok().and_then(|f| f.clone())
+    }
+
+    /// The store's own metrics.
+    pub fn metrics(&self) -> &Arc<StoreMetrics> {
+        &self.shared.metrics
+    }
+
     /// Bytes the database takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         self.shared.db.size_on_disk().map_err(io)
@@ -388,6 +407,7 @@ fn fill_cache(shared: &Shared) {
         n += 1;
     }
     shared.cache.fill_finished();
+    shared.warm.store(true, Ordering::Release);
     tracing::info!(
         records = n,
         complete = shared.cache.is_complete(),

@@ -65,7 +65,7 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
-    fn tls(&self) -> anyhow::Result<Option<TlsFiles>> {
+    pub(crate) fn tls(&self) -> anyhow::Result<Option<TlsFiles>> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Ok(Some(TlsFiles {
                 cert: cert.clone(),
@@ -87,13 +87,17 @@ pub async fn start(
     config: &HttpConfig,
     listen: SocketAddr,
     handler: Arc<Handler>,
+    (metrics, health): (Arc<idres_metrics::Metrics>, Arc<idres_metrics::Health>),
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<JoinHandle<()>> {
-    let tls = match config.tls()? {
-        Some(files) => Some(
-            idres_http::tls::server_config(&files).context("setting up TLS for the HTTP face")?,
-        ),
-        None => None,
+) -> anyhow::Result<(JoinHandle<()>, Option<TlsReload>)> {
+    let (tls, reload) = match config.tls()? {
+        Some(files) => {
+            let first = idres_http::tls::server_config(&files)
+                .context("setting up TLS for the HTTP face")?;
+            let (tx, rx) = watch::channel(first);
+            (Some(rx), Some(TlsReload { files, tx }))
+        }
+        None => (None, None),
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -114,10 +118,28 @@ pub async fn start(
         );
     }
     let face = if tls.is_some() { "https" } else { "http" };
-    let app = App::new(handler, options);
-    let task = tokio::spawn(idres_http::serve(listener, app, tls, stop));
+    let app = App::with_node(handler, options, metrics, health);
+    let task = tokio::spawn(idres_http::serve_reloadable(listener, app, tls, stop));
     crate::serve::announce(face, addr);
-    Ok(task)
+    Ok((task, reload))
+}
+
+/// Reads the HTTP face's certificate, key and client CA again.
+#[derive(Debug)]
+pub struct TlsReload {
+    files: idres_http::TlsFiles,
+    tx: watch::Sender<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsReload {
+    /// Builds the setup from the files and serves new connections with
+    /// it; on an error the setup in force stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let fresh = idres_http::tls::server_config(&self.files)
+            .context("reloading TLS for the HTTP face")?;
+        let _ = self.tx.send(fresh);
+        Ok(())
+    }
 }
 
 /// Options of `idres init-prefix`.

@@ -5,10 +5,12 @@
 
 mod batch;
 mod bench;
+mod check;
 mod config;
 mod control;
 mod handle_cli;
 mod http;
+mod observe;
 mod records;
 mod serve;
 
@@ -28,8 +30,36 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "idres", version, about)]
 struct Cli {
+    /// Log lines as text or as JSON objects (one per line, for log
+    /// collectors); logs go to standard error, filtered by `IDRES_LOG`.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IDRES_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .flatten_event(true)
+            .init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +94,9 @@ enum Command {
     /// Make a node key (PEM, mode 0600) for `serve --node-key`: advertised
     /// in HS_SITE, it signs replies to certified requests.
     Keygen(KeygenArgs),
+    /// Check a configuration file as `serve` would, without serving:
+    /// prints each fault and exits non-zero if there is any.
+    CheckConfig(check::CheckArgs),
     /// Generate load and measure.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -168,15 +201,8 @@ fn grpc_bench(
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IDRES_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let result = match &cli.command {
         Command::Serve(a) => serve::run(a).map(|()| ExitCode::SUCCESS),
         Command::Import(a) => records::import(a).map(|()| ExitCode::SUCCESS),
@@ -198,6 +224,7 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::InitPrefix(a) => http::init_prefix(a).map(|()| ExitCode::SUCCESS),
         Command::Keygen(a) => keygen(a).map(|()| ExitCode::SUCCESS),
+        Command::CheckConfig(a) => Ok(check::run(a)),
         Command::Handle(a) => handle_cli::run(a),
         Command::Bench(BenchCommand::Resolve(a)) => bench::run(a).map(|()| ExitCode::SUCCESS),
         Command::Bench(BenchCommand::Admin(a)) => bench::admin(a).map(|()| ExitCode::SUCCESS),

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use idres_auth::{NodeKey, SecretBox, SecretPolicy};
+use idres_metrics::{Health, Metrics};
 use idres_model::SiteInfo;
 use idres_service::tcp::TcpLimits;
 use idres_service::udp::UdpServer;
@@ -143,6 +144,7 @@ pub fn open_node_store(
 ) -> anyhow::Result<(Arc<SledStore>, Arc<SecretBox>)> {
     let secrets = secrets(config)?;
     let mut sc = SledConfig::new(&config.store.data_dir);
+    sc.metrics = Arc::default();
     sc.value_policy = Some(Arc::new(SecretPolicy::new(Arc::clone(&secrets))));
     sc.cache_bytes = config.store.cache_mb << 20;
     sc.read_cache_bytes = if serving {
@@ -205,6 +207,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let (store, secrets) = open_node_store(&config, true)?;
     let dyn_store: Arc<dyn Store> = store.clone();
+    let metrics = Metrics::new();
+    let health = Health::new();
+    let certs = crate::observe::install(&metrics, &health, &store, &config);
 
     let workers = match config.handle.udp_workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -217,16 +222,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         site: SiteInfo::single(advertise, &config.node.description),
         service_handles: config.node.service_handles.clone(),
     };
-    let handler = Arc::new(Handler::with_auth(
-        Arc::clone(&dyn_store),
-        identity,
-        Auth::new(secrets, node_key)
-            .with_challenge_ttl(Duration::from_secs(config.handle.challenge_ttl_secs.max(1)))
-            .with_throttle(
-                config.handle.max_auth_failures,
-                Duration::from_secs(config.handle.auth_lockout_secs),
-            ),
-    ));
+    let handler = Arc::new(
+        Handler::with_auth(
+            Arc::clone(&dyn_store),
+            identity,
+            Auth::new(secrets, node_key)
+                .with_challenge_ttl(Duration::from_secs(config.handle.challenge_ttl_secs.max(1)))
+                .with_throttle(
+                    config.handle.max_auth_failures,
+                    Duration::from_secs(config.handle.auth_lockout_secs),
+                ),
+        )
+        .with_metrics(&metrics),
+    );
     let udp = UdpServer::start(Arc::clone(&handler), udp_sockets).context("starting UDP")?;
     tcp_listener.set_nonblocking(true)?;
     let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
@@ -244,7 +252,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     announce("handle", handle_addr);
     let dns = if config.dns.listen.is_some() || config.dns.doq_listen.is_some() {
         let sockets = idres_dns::DnsSockets::bind(&config.dns)?;
-        let dns = idres_dns::start(&config.dns, Arc::clone(&dyn_store), sockets)?;
+        let dns = idres_dns::start(&config.dns, Arc::clone(&dyn_store), sockets, Some(&metrics))?;
         if let Some(a) = dns.udp_addr() {
             announce("dns", a);
         }
@@ -262,12 +270,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let grpc = if config.grpc.listen.is_some() || role != idres_grpc::Role::Top {
-        let face = idres_grpc::node::start(
+        let face = idres_grpc::node::start_reporting(
             &config.grpc,
             role,
             config.node.upstream.as_deref(),
             Arc::clone(&dyn_store),
             stop_rx.clone(),
+            idres_grpc::server::Reporting {
+                metrics: Some(Arc::clone(&metrics)),
+                health: Some(Arc::clone(&health)),
+            },
         )
         .await?;
         if let Some(a) = face.addr {
@@ -289,11 +301,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::clone(&store),
         stop_rx.clone(),
     )?;
-    let http = match config.http.listen {
-        Some(listen) => Some(
-            crate::http::start(&config.http, listen, Arc::clone(&handler), stop_rx.clone()).await?,
-        ),
-        None => None,
+    let (http, http_tls) = match config.http.listen {
+        Some(listen) => {
+            let (task, reload) = crate::http::start(
+                &config.http,
+                listen,
+                Arc::clone(&handler),
+                (Arc::clone(&metrics), Arc::clone(&health)),
+                stop_rx.clone(),
+            )
+            .await?;
+            (Some(task), reload)
+        }
+        None => (None, None),
     };
     tracing::info!(
         handles = store.handle_count(),
@@ -302,7 +322,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "serving"
     );
 
-    wait_for_signal().await?;
+    let mut signals = Signals::install()?;
+    while signals.next().await == Signal::Reload {
+        reload(&config, http_tls.as_ref(), grpc.as_ref(), &certs);
+    }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     // Whatever happens below, do not outlive the grace period.
@@ -350,13 +373,66 @@ pub fn announce(face: &str, addr: SocketAddr) {
     let _ = out.flush();
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGHUP: read the TLS material of every face again (certificates, keys,
+/// CAs, CRLs) and serve new connections with it; open connections keep
+/// theirs. A face whose files do not load keeps what it has, and says so.
+fn reload(
+    config: &Config,
+    http: Option<&crate::http::TlsReload>,
+    grpc: Option<&idres_grpc::node::GrpcFace>,
+    certs: &crate::observe::CertExpiry,
+) {
+    let mut failed = 0;
+    if let Some(h) = http {
+        match h.reload() {
+            Ok(()) => tracing::info!(face = "http", "TLS reloaded"),
+            Err(e) => {
+                failed += 1;
+                tracing::error!(face = "http", error = %format!("{e:#}"), "TLS reload failed; keeping the certificate in force");
+            }
+        }
     }
-    Ok(())
+    if let Some(g) = grpc {
+        match g.reload_tls() {
+            Ok(true) => tracing::info!(face = "grpc", "TLS and CRLs reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                failed += 1;
+                tracing::error!(face = "grpc", error = %e, "TLS reload failed; keeping the certificate in force");
+            }
+        }
+    }
+    certs.refresh(config);
+    tracing::info!(failed, "reload done");
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
 }

@@ -75,6 +75,7 @@ impl Server {
             key_pem: pki.server.key_pem.clone(),
             client_ca_pem: pki.ca.cert_pem(),
             operator_ca_pem: None,
+            crl_pems: Vec::new(),
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
