@@ -145,6 +145,34 @@ impl DevCa {
         self.issue(common_name, &all, Usage::Server)
     }
 
+    /// A certificate revocation list (PEM) of this CA revoking the
+    /// certificates given (PEM), numbered `number`.
+    pub fn revocation_list(&self, revoked: &[&str], number: u64) -> Result<String, CertError> {
+        let mut entries = Vec::new();
+        for pem in revoked {
+            let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .map_err(|e| CertError(format!("not a PEM certificate: {e}")))?;
+            let cert = p
+                .parse_x509()
+                .map_err(|e| CertError(format!("not a certificate: {e}")))?;
+            entries.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.raw_serial()),
+                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: entries,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.cert, &self.key)?.pem()?)
+    }
+
     /// A node's client certificate.
     pub fn issue_node(&self, name: &str) -> Result<PemPair, CertError> {
         self.issue(name, &[], Usage::Client)

@@ -27,6 +27,96 @@ fn assert_status<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, te
 }
 
 #[tokio::test]
+async fn revoked_certificates_are_refused() {
+    let mut pki = Pki::new();
+    let revoked = pki.ca.issue_operator("mallory").unwrap();
+    let kept = pki.ca.issue_operator("alice").unwrap();
+    pki.crls = vec![pki.ca.revocation_list(&[&revoked.cert_pem], 1).unwrap()];
+    let srv = Server::start(&pki, Role::Top).await;
+    let mut bad = Clients::new(srv.channel(&pki, &revoked).await);
+    assert_status(
+        bad.node.list_nodes(pb::ListNodesRequest::default()).await,
+        Code::Unauthenticated,
+        "revoked",
+    );
+    let mut good = Clients::new(srv.channel(&pki, &kept).await);
+    good.node
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .unwrap();
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_method_and_status() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let core = idres_grpc::Core::new(dyn_store, Role::Top).unwrap();
+    let tls = idres_grpc::tls::ServerTls::new(&idres_grpc::tls::ServerTlsPem {
+        cert_pem: pki.server.cert_pem.clone(),
+        key_pem: pki.server.key_pem.clone(),
+        client_ca_pem: pki.ca.cert_pem(),
+        operator_ca_pem: None,
+        crl_pems: Vec::new(),
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = idres_metrics::Metrics::new();
+    let reporting = idres_grpc::server::Reporting {
+        metrics: Some(Arc::clone(&metrics)),
+        health: None,
+    };
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(idres_grpc::server::serve_reporting(
+        core,
+        listener,
+        idres_grpc::Security::MutualTls(tls),
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        },
+        reporting,
+    ));
+    let operator = pki.ca.issue_operator("alice").unwrap();
+    let ch = idres_grpc::tls::connect(
+        &format!("https://127.0.0.1:{}", addr.port()),
+        Some(&pki.client(&operator)),
+    )
+    .await
+    .unwrap();
+    let mut c = Clients::new(ch);
+    let missing = c
+        .resolve
+        .resolve(pb::ResolveRequest {
+            handle: "88.1/NOPE".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    c.node
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .unwrap();
+    let text = metrics.encode_text();
+    assert!(
+        text.contains(
+            "idres_requests_total{face=\"grpc\",op=\"/idres.v1.ResolveService/Resolve\",code=\"NOT_FOUND\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "idres_requests_total{face=\"grpc\",op=\"/idres.v1.NodeService/ListNodes\",code=\"OK\"} 1"
+        ),
+        "{text}"
+    );
+    let _ = stop.send(true);
+    let _ = task.await;
+}
+
+#[tokio::test]
 async fn refusals_say_why() {
     let pki = Pki::new();
     let srv = Server::start(&pki, Role::Top).await;

@@ -76,6 +76,12 @@ impl ApiError {
     /// The store failed (rc 2, 500); the details go to the log only.
     pub fn storage(e: &StoreError) -> Self {
         tracing::error!(error = %e, "store failure while serving HTTP");
+        if e.is_unavailable() {
+            return Self::new(
+                ResponseCode::SERVER_TOO_BUSY,
+                "the store takes no writes now; try again later",
+            );
+        }
         Self::new(ResponseCode::ERROR, "storage error")
     }
 

@@ -510,6 +510,13 @@ fn guarded_write(
         Err(e) => {
             let why = e.to_string();
             idres_auth::audit::write("handle", &who, op_name, handle, Err(&why));
+            if e.is_unavailable() {
+                return AdminReply::error(
+                    op,
+                    ResponseCode::SERVER_TOO_BUSY,
+                    "the store takes no writes now; try again later",
+                );
+            }
             AdminReply::error(op, ResponseCode::ERROR, "storage error")
         }
     }

@@ -68,6 +68,15 @@ pub enum StoreError {
     WriterFailed(String),
 }
 
+impl StoreError {
+    /// Whether the store cannot take writes now (shut down, or refusing
+    /// writes after a failure): the answer to a client is "unavailable,
+    /// try later or elsewhere", not an internal error.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Closed | StoreError::WriterFailed(_))
+    }
+}
+
 /// Why one write request was refused. Nothing of a refused request is
 /// written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

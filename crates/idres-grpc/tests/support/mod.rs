@@ -22,13 +22,19 @@ use tonic::transport::Channel;
 pub struct Pki {
     pub ca: DevCa,
     pub server: PemPair,
+    /// Revocation lists the server checks client certificates against.
+    pub crls: Vec<String>,
 }
 
 impl Pki {
     pub fn new() -> Self {
         let ca = DevCa::generate("test CA").unwrap();
         let server = ca.issue_server("top.test", &[]).unwrap();
-        Self { ca, server }
+        Self {
+            ca,
+            server,
+            crls: Vec::new(),
+        }
     }
 
     pub fn client(&self, pair: &PemPair) -> ClientTlsPem {
@@ -75,7 +81,7 @@ impl Server {
             key_pem: pki.server.key_pem.clone(),
             client_ca_pem: pki.ca.cert_pem(),
             operator_ca_pem: None,
-            crl_pems: Vec::new(),
+            crl_pems: pki.crls.clone(),
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
