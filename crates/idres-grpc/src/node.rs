@@ -241,6 +241,12 @@ fn report_follower(
         let url = url.to_owned();
         h.add("follower", move || {
             let s = status.borrow().clone();
+            if s.in_sync_at.is_none() {
+                return Err(format!(
+                    "not yet caught up with {url} ({} changes behind as of the last batch)",
+                    s.lag_changes()
+                ));
+            }
             let secs = s.lag_seconds(started);
             if secs <= max_lag.as_secs_f64() {
                 Ok(())

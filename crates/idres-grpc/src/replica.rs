@@ -143,21 +143,20 @@ pub fn load_cursor(
     Ok(c)
 }
 
-/// Makes a store restored from `url`'s backup follow `url` from the
-/// backup's sequence number `last_seq`, with no snapshot: the cursor a
-/// follower of the whole store would have stored at that point.
-pub fn seed_cursor(store: &dyn Store, url: &str, last_seq: u64) -> ServiceResult<()> {
+/// The follower cursor that makes a store restored from `url`'s backup
+/// follow `url` from the backup's sequence number `last_seq`, with no
+/// snapshot (what a follower of the whole store would have stored at that
+/// point): key space, key and value, to write with the restore.
+pub fn seeded_cursor(url: &str, last_seq: u64) -> (String, Vec<u8>, Vec<u8>) {
     let cursor = pb::SubscribeRequest {
         from_seq: last_seq + 1,
         ..Default::default()
     };
-    let outcome = store.write(WriteRequest::one(Mutation::PutAux {
-        space: CURSORS.into(),
-        key: url.as_bytes().to_vec(),
-        value: cursor.encode_to_vec(),
-    }))?;
-    outcome.map_err(|e| ServiceError::Internal(e.to_string()))?;
-    Ok(())
+    (
+        CURSORS.to_owned(),
+        url.as_bytes().to_vec(),
+        cursor.encode_to_vec(),
+    )
 }
 
 fn decode_record(
@@ -372,8 +371,16 @@ async fn follow_once(
             })
         })
         .await??;
-        if mutations.is_empty() && next == cursor && pending.is_empty() {
-            // Nothing new (a heartbeat): nothing to write.
+        if mutations.is_empty() && next == cursor {
+            // Nothing new (a heartbeat): nothing to write. The stream is
+            // idle, so let what is in flight land and report the state.
+            while let Some((receivers, st, keys)) = pending.pop_front() {
+                for rx in receivers {
+                    settle(rx).await?;
+                }
+                land(&mut in_flight, &keys);
+                finish(total, st);
+            }
             finish(total, st);
             continue;
         }

@@ -337,6 +337,21 @@ pub fn require(
     ops: &[Op],
 ) -> Result<(), ApiError> {
     idres_auth::require(&StoreView(store.as_ref()), caller, handle, own, ops).map_err(|e| {
+        // A refused write is an audit event; refused reads and listings are
+        // answered, not logged.
+        if let Some(op) = ops
+            .iter()
+            .find(|o| !matches!(o, Op::ReadValues | Op::ListHandles))
+        {
+            let why = e.to_string();
+            idres_auth::audit::write(
+                "http",
+                &idres_auth::audit::who(caller),
+                op.describe(),
+                handle.as_str(),
+                Err(&why),
+            );
+        }
         let rc = match &e {
             idres_auth::Refusal::AuthenticationNeeded(_) => ResponseCode::AUTHENTICATION_NEEDED,
             idres_auth::Refusal::InsufficientPermissions(_) => {

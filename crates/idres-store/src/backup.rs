@@ -586,6 +586,21 @@ pub fn restore(
     dir: &Path,
     progress: &mut dyn FnMut(u8, u64),
 ) -> Result<Trailer, BackupError> {
+    restore_with(path, dir, progress, &|_| Vec::new())
+}
+
+/// An auxiliary value to write with a restore: key space, key, value.
+pub type AuxEntry = (String, Vec<u8>, Vec<u8>);
+
+/// [`restore`], also writing the auxiliary values `extra` gives for the
+/// backup (such as a follower cursor at its sequence number), in the same
+/// load and under the same final flush.
+pub fn restore_with(
+    path: &Path,
+    dir: &Path,
+    progress: &mut dyn FnMut(u8, u64),
+    extra: &dyn Fn(&Trailer) -> Vec<AuxEntry>,
+) -> Result<Trailer, BackupError> {
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(io_err("reading the target directory"))?;
         if entries.next().is_some() {
@@ -593,7 +608,8 @@ pub fn restore(
         }
     }
     let (_, checked) = verify(path, &mut |o| progress(0, o))?;
-    let result = load(path, dir, &mut |o| progress(1, o));
+    let aux = extra(&checked);
+    let result = load(path, dir, &aux, &mut |o| progress(1, o));
     match result {
         Ok(t) if t == checked => Ok(t),
         Ok(_) => {
@@ -609,7 +625,12 @@ pub fn restore(
     }
 }
 
-fn load(path: &Path, dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<Trailer, BackupError> {
+fn load(
+    path: &Path,
+    dir: &Path,
+    aux: &[AuxEntry],
+    progress: &mut dyn FnMut(u64),
+) -> Result<Trailer, BackupError> {
     std::fs::create_dir_all(dir).map_err(io_err("creating the target directory"))?;
     let db = sled::Config::new()
         .path(dir)
@@ -636,6 +657,9 @@ fn load(path: &Path, dir: &Path, progress: &mut dyn FnMut(u64)) -> Result<Traile
         Ok(())
     })
     .map_err(|e| failed.take().map(sled_err).unwrap_or(e))?;
+    for (space, key, value) in aux {
+        batch.insert(crate::keys::aux(space, key), value.as_slice());
+    }
     db.apply_batch(batch).map_err(sled_err)?;
     db.flush().map_err(sled_err)?;
     Ok(trailer)

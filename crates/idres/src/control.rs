@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use idres_store::backup::{self, Trailer};
-use idres_store::{SledConfig, SledStore};
+use idres_store::SledStore;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::watch;
@@ -319,26 +319,32 @@ pub fn restore(a: &RestoreArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let check = bytes_bar(Some(size), "checking");
     let load = bytes_bar(Some(size), "restoring");
-    let t = backup::restore(&a.file, &a.data_dir, &mut |phase, offset| {
-        if phase == 0 {
-            check.set_position(offset);
-        } else {
-            if !check.is_finished() {
-                check.finish_and_clear();
+    let follow = a.follow.clone();
+    let extra = move |t: &Trailer| -> Vec<backup::AuxEntry> {
+        follow
+            .iter()
+            .map(|url| idres_grpc::replica::seeded_cursor(url, t.last_seq))
+            .collect()
+    };
+    let t = backup::restore_with(
+        &a.file,
+        &a.data_dir,
+        &mut |phase, offset| {
+            if phase == 0 {
+                check.set_position(offset);
+            } else {
+                if !check.is_finished() {
+                    check.finish_and_clear();
+                }
+                load.set_position(offset);
             }
-            load.set_position(offset);
-        }
-    });
+        },
+        &extra,
+    );
     check.finish_and_clear();
     load.finish_and_clear();
     let t = t?;
     if let Some(url) = &a.follow {
-        let mut sc = SledConfig::new(&a.data_dir);
-        sc.read_cache_bytes = 0;
-        let store = SledStore::open(sc)?;
-        idres_grpc::replica::seed_cursor(&store, url, t.last_seq)
-            .map_err(|e| anyhow::anyhow!("seeding the cursor: {e}"))?;
-        store.close()?;
         eprintln!("following {url} from sequence number {}", t.last_seq + 1);
     }
     summary("restore", &t, size, started.elapsed());

@@ -296,11 +296,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let control = crate::control::start(
-        &crate::control::socket_path(&config),
-        Arc::clone(&store),
-        stop_rx.clone(),
-    )?;
+    // Without its control socket the node still serves; only online
+    // backups need it.
+    let control_path = crate::control::socket_path(&config);
+    let control = match crate::control::start(&control_path, Arc::clone(&store), stop_rx.clone()) {
+        Ok(task) => Some(task),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no control socket: `idres backup` cannot reach this node");
+            None
+        }
+    };
+    let control = async move {
+        if let Some(t) = control {
+            let _ = t.await;
+        }
+    };
     let (http, http_tls) = match config.http.listen {
         Some(listen) => {
             let (task, reload) = crate::http::start(
