@@ -45,8 +45,6 @@ pub const FORMAT: u16 = 1;
 pub const MAX_FRAME: usize = 64 << 20;
 /// Payload size after which a writer closes a frame.
 const FRAME_TARGET: usize = 1 << 20;
-/// Keys per sled batch when loading.
-const LOAD_BATCH: usize = 8192;
 
 const KIND_HEADER: u8 = 0;
 const KIND_BASE: u8 = 1;
@@ -296,6 +294,8 @@ struct FrameReader<R: Read> {
     input: R,
     offset: u64,
     digest: Sha256,
+    /// Whether to keep the digest (a reader of one region does not).
+    hash: bool,
 }
 
 struct Frame {
@@ -385,7 +385,7 @@ impl<R: Read> FrameReader<R> {
             ));
         }
         self.offset += 4;
-        if head[0] != KIND_TRAILER {
+        if head[0] != KIND_TRAILER && self.hash {
             self.digest.update(head);
             self.digest.update(&payload);
             self.digest.update(crc);
@@ -494,18 +494,20 @@ fn parse_trailer(f: &Frame, digest: &[u8]) -> Result<Trailer, BackupError> {
 }
 
 /// Reads a whole backup, checking every frame, the order of frames, the
-/// counts and the digest, and hands each entry to `each` (which may be a
-/// no-op for a check). Returns the header and the trailer.
+/// counts and the digest, and hands each base and redo frame, its entries
+/// checked, to `each` (which may be a no-op for a check). Returns the
+/// header and the trailer.
 fn walk(
     path: &Path,
     progress: &mut dyn FnMut(u64),
-    mut each: impl FnMut(Entry<'_>) -> Result<(), BackupError>,
+    mut each: impl FnMut(Frame) -> Result<(), BackupError>,
 ) -> Result<(Header, Trailer), BackupError> {
     let file = File::open(path).map_err(io_err("opening the backup"))?;
     let mut r = FrameReader {
         input: BufReader::with_capacity(1 << 20, file),
         offset: 0,
         digest: Sha256::new(),
+        hash: true,
     };
     r.magic()?;
     let first = r.next()?.ok_or_else(|| BackupError::Corrupt {
@@ -526,17 +528,13 @@ fn walk(
         progress(r.offset);
         match f.kind {
             KIND_BASE if !in_redo => {
-                for e in entries(&f)? {
-                    base += 1;
-                    each(e)?;
-                }
+                base += entries(&f)?.len() as u64;
+                each(f)?;
             }
             KIND_REDO => {
                 in_redo = true;
-                for e in entries(&f)? {
-                    redo += 1;
-                    each(e)?;
-                }
+                redo += entries(&f)?.len() as u64;
+                each(f)?;
             }
             KIND_TRAILER => {
                 let t = parse_trailer(&f, &digest_before)?;
@@ -576,6 +574,36 @@ pub fn verify(
     walk(path, progress, |_| Ok(()))
 }
 
+/// Where a checked file's frames are: base and redo frame offsets, and the
+/// file's length and modification time when checked.
+struct Plan {
+    base: Vec<u64>,
+    redo: Vec<u64>,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+fn plan(path: &Path, progress: &mut dyn FnMut(u64)) -> Result<(Trailer, Plan), BackupError> {
+    let meta = std::fs::metadata(path).map_err(io_err("reading the backup"))?;
+    let (mut base, mut redo) = (Vec::new(), Vec::new());
+    let (_, t) = walk(path, progress, |f| {
+        match f.kind {
+            KIND_BASE => base.push(f.offset),
+            _ => redo.push(f.offset),
+        }
+        Ok(())
+    })?;
+    Ok((
+        t,
+        Plan {
+            base,
+            redo,
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        },
+    ))
+}
+
 /// Builds a new store in `dir` from a backup: the file is checked whole
 /// first, then loaded in bulk with one flush at the end. `dir` must be
 /// absent or empty; if loading fails, what was made is removed.
@@ -607,17 +635,10 @@ pub fn restore_with(
             return Err(BackupError::TargetNotEmpty(dir.to_path_buf()));
         }
     }
-    let (_, checked) = verify(path, &mut |o| progress(0, o))?;
+    let (checked, plan) = plan(path, &mut |o| progress(0, o))?;
     let aux = extra(&checked);
-    let result = load(path, dir, &aux, &mut |o| progress(1, o));
-    match result {
-        Ok(t) if t == checked => Ok(t),
-        Ok(_) => {
-            let _ = std::fs::remove_dir_all(dir);
-            Err(BackupError::Io(
-                "the backup changed while it was being restored".into(),
-            ))
-        }
+    match load(path, dir, &plan, &aux, &mut |o| progress(1, o)) {
+        Ok(()) => Ok(checked),
         Err(e) => {
             let _ = std::fs::remove_dir_all(dir);
             Err(e)
@@ -625,12 +646,69 @@ pub fn restore_with(
     }
 }
 
+/// Threads that insert base frames (twice the processors: sled's inserts
+/// wait on its own locks and background work, and measured faster so);
+/// the redo frames are applied after them, in order.
+fn load_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).clamp(2, 16))
+}
+
+/// Reads the frames at `offsets` (each checked against its CRC again) and
+/// inserts their entries, telling `done` the bytes read.
+fn load_frames(
+    db: &sled::Db,
+    path: &Path,
+    offsets: &[u64],
+    done: &std::sync::atomic::AtomicU64,
+) -> Result<(), BackupError> {
+    use std::io::{Seek, SeekFrom};
+    let Some(&first) = offsets.first() else {
+        return Ok(());
+    };
+    let mut file = File::open(path).map_err(io_err("opening the backup"))?;
+    file.seek(SeekFrom::Start(first))
+        .map_err(io_err("reading the backup"))?;
+    let mut r = FrameReader {
+        input: BufReader::with_capacity(1 << 20, file),
+        offset: first,
+        digest: Sha256::new(),
+        hash: false,
+    };
+    for &at in offsets {
+        if r.offset != at {
+            return Err(BackupError::Io(
+                "the backup changed while it was being restored".into(),
+            ));
+        }
+        let before = r.offset;
+        let f = r.next()?.ok_or_else(|| {
+            BackupError::Io("the backup changed while it was being restored".into())
+        })?;
+        for e in entries(&f)? {
+            match e {
+                Entry::Put(k, v) => db.insert(k, v).map(drop),
+                Entry::Delete(k) => db.remove(k).map(drop),
+            }
+            .map_err(sled_err)?;
+        }
+        done.fetch_add(r.offset - before, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 fn load(
     path: &Path,
     dir: &Path,
+    plan: &Plan,
     aux: &[AuxEntry],
     progress: &mut dyn FnMut(u64),
-) -> Result<Trailer, BackupError> {
+) -> Result<(), BackupError> {
+    let meta = std::fs::metadata(path).map_err(io_err("reading the backup"))?;
+    if meta.len() != plan.len || meta.modified().ok() != plan.modified {
+        return Err(BackupError::Io(
+            "the backup changed between its check and its restore".into(),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(io_err("creating the target directory"))?;
     let db = sled::Config::new()
         .path(dir)
@@ -638,31 +716,43 @@ fn load(
         .flush_every_ms(None)
         .open()
         .map_err(sled_err)?;
-    let mut batch = sled::Batch::default();
-    let mut pending = 0usize;
-    let mut failed = None;
-    let (_, trailer) = walk(path, progress, |e| {
-        match e {
-            Entry::Put(k, v) => batch.insert(k, v),
-            Entry::Delete(k) => batch.remove(k),
+    // Base frames hold disjoint runs of keys in key order: each thread
+    // loads a contiguous share of them, reading the file at its own place,
+    // so that the threads write far apart in the tree (sled takes
+    // concurrent writers; one insert per key costs less than large
+    // batches). The redo frames land after every base key, in order.
+    // Nothing is flushed until the end.
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let threads = load_threads();
+    let share = plan.base.len().div_ceil(threads).max(1);
+    let loaded: Result<(), BackupError> = std::thread::scope(|scope| {
+        let workers: Vec<_> = plan
+            .base
+            .chunks(share)
+            .map(|part| {
+                let (db, done) = (&db, &done);
+                scope.spawn(move || load_frames(db, path, part, done))
+            })
+            .collect();
+        while !workers.iter().all(|w| w.is_finished()) {
+            progress(done.load(std::sync::atomic::Ordering::Relaxed));
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        pending += 1;
-        if pending >= LOAD_BATCH {
-            pending = 0;
-            if let Err(e) = db.apply_batch(std::mem::take(&mut batch)) {
-                failed = Some(e);
-                return Err(BackupError::Io("restoring: a write failed".into()));
-            }
+        for w in workers {
+            w.join()
+                .map_err(|_| BackupError::Io("restoring: a loader thread failed".into()))??;
         }
         Ok(())
-    })
-    .map_err(|e| failed.take().map(sled_err).unwrap_or(e))?;
+    });
+    loaded?;
+    load_frames(&db, path, &plan.redo, &done)?;
+    progress(plan.len);
     for (space, key, value) in aux {
-        batch.insert(crate::keys::aux(space, key), value.as_slice());
+        db.insert(crate::keys::aux(space, key), value.as_slice())
+            .map_err(sled_err)?;
     }
-    db.apply_batch(batch).map_err(sled_err)?;
     db.flush().map_err(sled_err)?;
-    Ok(trailer)
+    Ok(())
 }
 
 #[cfg(test)]
