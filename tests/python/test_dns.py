@@ -368,3 +368,78 @@ def test_doq_rejects_other_alpn(node):
             return "refused"
 
     assert asyncio.run(asyncio.wait_for(run(), WAIT)) == "refused"
+
+
+def test_sighup_reloads_the_doq_certificate(tmp_path):
+    """SIGHUP makes new DNS-over-QUIC connections use the certificate now in
+    the files; a broken file keeps the last good one."""
+    import signal
+    import time
+
+    data = str(tmp_path / "data")
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    subprocess.run([IDRES, "import", "--data-dir", data, str(records)], check=True, timeout=60,
+                   capture_output=True)
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    old_cert, old_key = make_certificate(str(old_dir))
+    new_cert, new_key = make_certificate(str(new_dir))
+    live_cert, live_key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    shutil.copy(old_cert, live_cert)
+    shutil.copy(old_key, live_key)
+    config = tmp_path / "idres.toml"
+    config.write_text(f'[dns]\nzone = "{ZONE}"\ncert = "{live_cert}"\nkey = "{live_key}"\n')
+    proc = subprocess.Popen(
+        [IDRES, "serve", "--config", str(config), "--data-dir", data,
+         "--handle-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0",
+         "--doq-listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
+
+    def ask(cafile):
+        q = dns.message.make_query(OID_NAME, "NAPTR")
+        return dns.query.quic(q, "127.0.0.1", port=port, timeout=5, verify=cafile,
+                              server_hostname="localhost")
+
+    def verifies(cafile):
+        try:
+            return ask(cafile).rcode() == dns.rcode.NOERROR
+        except Exception:  # a certificate the client does not trust
+            return False
+
+    def until(cond, what):
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"not within {WAIT} s: {what}")
+
+    try:
+        port = None
+        while port is None:
+            m = re.match(r"listening doq 127\.0\.0\.1:(\d+)", lines.get(timeout=WAIT))
+            if m:
+                port = int(m.group(1))
+        assert verifies(old_cert) and not verifies(new_cert)
+        shutil.copy(new_cert, live_cert)
+        shutil.copy(new_key, live_key)
+        proc.send_signal(signal.SIGHUP)
+        until(lambda: verifies(new_cert), "the new certificate is served")
+        assert not verifies(old_cert)
+        with open(live_cert, "w") as f:
+            f.write("not a certificate\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert proc.poll() is None, "a bad certificate file does not stop the node"
+        assert verifies(new_cert), "the last good certificate stays in force"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=WAIT)

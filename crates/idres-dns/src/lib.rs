@@ -116,6 +116,13 @@ pub struct DnsServer {
     stop: watch::Sender<bool>,
     tcp_addr: Option<SocketAddr>,
     doq_addr: Option<SocketAddr>,
+    /// The QUIC endpoint, its certificate files and limits, for reloads.
+    doq: Option<(
+        quinn::Endpoint,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        doq::DoqLimits,
+    )>,
 }
 
 impl DnsServer {
@@ -132,6 +139,19 @@ impl DnsServer {
     /// Where DNS-over-QUIC queries are taken.
     pub fn doq_addr(&self) -> Option<SocketAddr> {
         self.doq_addr
+    }
+
+    /// Reads the DNS-over-QUIC certificate and key again and serves new
+    /// connections with them; open connections keep theirs. `Ok(false)`
+    /// when there is no DNS-over-QUIC listener; on an error the setup in
+    /// force stays.
+    pub fn reload_tls(&self) -> Result<bool, ConfigError> {
+        let Some((endpoint, cert, key, limits)) = &self.doq else {
+            return Ok(false);
+        };
+        let fresh = doq::server_config(cert, key, *limits)?;
+        endpoint.set_server_config(Some(fresh));
+        Ok(true)
     }
 
     /// Stops accepting, ends open connections and waits for the workers.
@@ -224,8 +244,12 @@ pub fn start(
         )));
     }
     let mut doq_addr = None;
+    let mut doq_reload = None;
     if let (Some(socket), Some((server_config, limits))) = (sockets.doq, doq_config) {
         let endpoint = doq::endpoint(socket, server_config)?;
+        if let (Some(c), Some(k)) = (&config.cert, &config.key) {
+            doq_reload = Some((endpoint.clone(), c.clone(), k.clone(), limits));
+        }
         doq_addr = Some(endpoint.local_addr().map_err(|source| ConfigError::Io {
             what: "DNS-over-QUIC",
             source,
@@ -255,5 +279,6 @@ pub fn start(
         stop,
         tcp_addr,
         doq_addr,
+        doq: doq_reload,
     })
 }

@@ -334,7 +334,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut signals = Signals::install()?;
     while signals.next().await == Signal::Reload {
-        reload(&config, http_tls.as_ref(), grpc.as_ref(), &certs);
+        reload(
+            &config,
+            http_tls.as_ref(),
+            grpc.as_ref(),
+            dns.as_ref(),
+            &certs,
+        );
     }
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
@@ -384,15 +390,26 @@ pub fn announce(face: &str, addr: SocketAddr) {
 }
 
 /// SIGHUP: read the TLS material of every face again (certificates, keys,
-/// CAs, CRLs) and serve new connections with it; open connections keep
+/// CAs, CRLs: HTTP, gRPC, DNS over QUIC) and serve new connections with it; open connections keep
 /// theirs. A face whose files do not load keeps what it has, and says so.
 fn reload(
     config: &Config,
     http: Option<&crate::http::TlsReload>,
     grpc: Option<&idres_grpc::node::GrpcFace>,
+    dns: Option<&idres_dns::DnsServer>,
     certs: &crate::observe::CertExpiry,
 ) {
     let mut failed = 0;
+    if let Some(d) = dns {
+        match d.reload_tls() {
+            Ok(true) => tracing::info!(face = "dns_quic", "TLS reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                failed += 1;
+                tracing::error!(face = "dns_quic", error = %e, "TLS reload failed; keeping the certificate in force");
+            }
+        }
+    }
     if let Some(h) = http {
         match h.reload() {
             Ok(()) => tracing::info!(face = "http", "TLS reloaded"),
