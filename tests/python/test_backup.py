@@ -33,7 +33,7 @@ import grpc
 import pytest
 import requests
 
-from idres_http_node import IDRES, PREFIX, SECRET, _retrying, basic, run_idres, start_node
+from idres_http_node import IDRES, PREFIX, SECRET, _retrying, basic, run_idres, start_node, stop_process
 from test_grpc import CREDIT_CODE, channel, pb, pki  # noqa: F401  (fixtures: generated client, `idres cert` PKI)
 
 #: bound of every wait for a node to do something
@@ -122,13 +122,7 @@ class Server:
         return grpc.insecure_channel(self.faces["grpc"])
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
         self.log_file.close()
 
 

@@ -54,13 +54,25 @@ pub fn start(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     let busy = Arc::new(AtomicBool::new(false));
+    // Only the node's own user (or root) may ask: checked on each
+    // connection from its peer credentials, so that the moment between
+    // binding and restricting the file's mode is no opening.
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?,
+    );
     let path = path.to_path_buf();
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((conn, _)) => {
+                    Ok((mut conn, _)) => {
+                        let uid = conn.peer_cred().map(|c| c.uid());
+                        if !matches!(uid, Ok(u) if u == owner || u == 0) {
+                            tracing::warn!(peer_uid = ?uid, "control connection from another user refused");
+                            let _ = conn.write_all(b"error: only the node's own user may use this socket\n").await;
+                            continue;
+                        }
                         let store = Arc::clone(&store);
                         let busy = Arc::clone(&busy);
                         tokio::spawn(async move {
