@@ -256,6 +256,13 @@ impl Authority {
         });
     }
 
+    /// Counts a UDP response withheld or truncated by rate limiting.
+    pub fn count_limited(&self) {
+        if let Some(faces) = &self.faces {
+            faces.udp.rate_limited();
+        }
+    }
+
     /// Answers the query `msg` that arrived over `transport` at Unix time
     /// `now`, writing the response into `out` (cleared first).
     pub fn answer(&self, msg: &[u8], transport: Transport, now: u32, out: &mut Vec<u8>) -> Outcome {
@@ -348,16 +355,23 @@ impl Authority {
             _ => {}
         }
         resp.set_authoritative(true);
+        // RFC 8482: over UDP, where the source is not proven, ANY gets
+        // one RRset (the first the name has), not everything.
+        let minimal_any = qtype == rtype::ANY && transport == Transport::Udp;
         let code = match self.place(name, &qname) {
+            Place::Apex if minimal_any => {
+                self.write_soa(&mut resp, Section::Answer, apex, false);
+                rcode::NOERROR
+            }
             Place::Apex => {
                 self.answer_apex(&mut resp, qtype, apex);
                 rcode::NOERROR
             }
             Place::Host => {
-                self.answer_host(&mut resp, qtype);
+                self.answer_host(&mut resp, qtype, minimal_any);
                 rcode::NOERROR
             }
-            Place::Oid(oid) => self.answer_oid(&mut resp, qtype, &oid, now),
+            Place::Oid(oid) => self.answer_oid(&mut resp, qtype, &oid, now, minimal_any),
             Place::Nowhere => rcode::NXDOMAIN,
         };
         if code == rcode::SERVFAIL {
@@ -419,7 +433,7 @@ impl Authority {
         }
     }
 
-    fn answer_host(&self, resp: &mut Response<'_>, qtype: u16) {
+    fn answer_host(&self, resp: &mut Response<'_>, qtype: u16, minimal_any: bool) {
         for addr in &self.addresses {
             let (t, bytes): (u16, Vec<u8>) = match addr {
                 IpAddr::V4(a) => (rtype::A, a.octets().to_vec()),
@@ -431,12 +445,22 @@ impl Authority {
                     out.extend_from_slice(&bytes);
                     wire::end_record(out, at)
                 });
+                if minimal_any {
+                    return;
+                }
             }
         }
     }
 
     /// Answers for an OID's name; returns the response code.
-    fn answer_oid(&self, resp: &mut Response<'_>, qtype: u16, oid: &Oid, now: u32) -> u16 {
+    fn answer_oid(
+        &self,
+        resp: &mut Response<'_>,
+        qtype: u16,
+        oid: &Oid,
+        now: u32,
+        minimal_any: bool,
+    ) -> u16 {
         let mut key = String::with_capacity(oid::OID_PREFIX.len() + 1 + oid.as_str().len());
         key.push_str(oid::OID_PREFIX);
         key.push('/');
@@ -462,6 +486,9 @@ impl Authority {
         };
         for &view in views {
             views::write_view(resp, Section::Answer, HEADER_LEN, view, &rec, now);
+            if minimal_any && resp.count(Section::Answer) > 0 {
+                break;
+            }
         }
         rcode::NOERROR
     }

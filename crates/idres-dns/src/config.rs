@@ -47,10 +47,28 @@ pub struct DnsConfig {
     pub index_max_records: usize,
     /// Largest UDP response we send to an EDNS client (RFC 6891 §6.2.5).
     pub max_udp_payload: u16,
-    /// Most TCP connections at once.
+    /// Most TCP connections at once; when full, the longest-idle one is
+    /// closed to make room.
     pub max_tcp_connections: usize,
+    /// Most TCP connections at once from one address.
+    pub max_tcp_per_address: usize,
     /// Seconds a TCP connection may stay idle (RFC 7766 §6.2.3).
     pub tcp_idle_secs: u64,
+    /// Seconds a client may take to send one query once begun, or to take
+    /// one response.
+    pub tcp_request_secs: u64,
+    /// Response-rate limiting: bytes per second of UDP responses one
+    /// source may draw (0: no limit).
+    pub rrl_rate_bytes: u32,
+    /// Bytes of UDP responses one quiet source may draw at once.
+    pub rrl_burst_bytes: u32,
+    /// Every `rrl_slip`-th response over budget is sent truncated (TC), so
+    /// a real client retries over TCP; the others are dropped (0: none).
+    pub rrl_slip: u32,
+    /// Prefix length that makes an IPv4 source.
+    pub source_prefix_v4: u8,
+    /// Prefix length that makes an IPv6 source.
+    pub source_prefix_v6: u8,
     /// Most DNS-over-QUIC connections at once.
     pub max_doq_connections: usize,
     /// Most concurrent queries (streams) on one DNS-over-QUIC connection.
@@ -78,11 +96,45 @@ impl Default for DnsConfig {
             negative_ttl: 300,
             index_max_records: 50_000_000,
             max_udp_payload: 1232,
-            max_tcp_connections: 1024,
-            tcp_idle_secs: 10,
+            max_tcp_connections: 16_384,
+            max_tcp_per_address: 256,
+            tcp_idle_secs: 3600,
+            tcp_request_secs: 30,
+            rrl_rate_bytes: 128 * 1024,
+            rrl_burst_bytes: 256 * 1024,
+            rrl_slip: 2,
+            source_prefix_v4: 24,
+            source_prefix_v6: 56,
             max_doq_connections: 1024,
             max_doq_streams: 100,
             doq_idle_secs: 30,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The limits of the TCP listener.
+    pub fn conn_limits(&self) -> idres_net::ConnLimits {
+        idres_net::ConnLimits {
+            max_connections: self.max_tcp_connections.max(1),
+            max_per_address: self.max_tcp_per_address.max(1),
+            idle: std::time::Duration::from_secs(self.tcp_idle_secs.max(1)),
+            request: std::time::Duration::from_secs(self.tcp_request_secs.max(1)),
+            ..idres_net::ConnLimits::default()
+        }
+    }
+
+    /// The response-rate limit of UDP.
+    pub fn rrl(&self) -> idres_net::BudgetConfig {
+        idres_net::BudgetConfig {
+            bytes_per_sec: self.rrl_rate_bytes,
+            burst_bytes: self.rrl_burst_bytes,
+            slip: self.rrl_slip,
+            prefixes: idres_net::Prefixes {
+                v4: self.source_prefix_v4,
+                v6: self.source_prefix_v6,
+            },
+            ..idres_net::BudgetConfig::default()
         }
     }
 }

@@ -66,34 +66,15 @@ impl DnsSockets {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             };
-            // With port 0 the TCP port UDP picked may be taken: try again.
-            let attempts = if addr.port() == 0 { 20 } else { 1 };
-            let mut last = None;
-            for _ in 0..attempts {
-                let udp = udp::bind(addr, workers).map_err(|source| ConfigError::Io {
-                    what: "DNS UDP",
-                    source,
-                })?;
-                let tcp_addr = match udp.first().map(std::net::UdpSocket::local_addr) {
-                    Some(Ok(a)) => a,
-                    _ => addr,
+            let (udp, tcp) = idres_net::bind::udp_and_tcp(addr, workers).map_err(|e| {
+                let (what, source) = match e {
+                    idres_net::bind::PairError::Udp { source, .. } => ("DNS UDP", source),
+                    idres_net::bind::PairError::Tcp { source, .. } => ("DNS TCP", source),
                 };
-                match std::net::TcpListener::bind(tcp_addr) {
-                    Ok(tcp) => {
-                        sockets.udp = udp;
-                        sockets.tcp = Some(tcp);
-                        last = None;
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            if let Some(source) = last {
-                return Err(ConfigError::Io {
-                    what: "DNS TCP",
-                    source,
-                });
-            }
+                ConfigError::Io { what, source }
+            })?;
+            sockets.udp = udp;
+            sockets.tcp = Some(tcp);
         }
         if let Some(addr) = config.doq_listen {
             sockets.doq =
@@ -232,14 +213,15 @@ pub fn start(
         listener.set_nonblocking(true).map_err(io)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(io)?;
         tcp_addr = Some(listener.local_addr().map_err(io)?);
-        let limits = tcp::TcpLimits {
-            max_connections: config.max_tcp_connections,
-            idle: Duration::from_secs(config.tcp_idle_secs.max(1)),
-        };
+        let report = metrics.map(|m| {
+            let face = m.face("dns_tcp");
+            Arc::new(move |what: &'static str| face.dropped(what)) as idres_net::conn::Reporter
+        });
+        let tracker = idres_net::Tracker::with_reporter(config.conn_limits(), report);
         tasks.push(tokio::spawn(tcp::serve(
             Arc::clone(&authority),
             listener,
-            limits,
+            tracker,
             stop_rx.clone(),
         )));
     }
@@ -265,11 +247,14 @@ pub fn start(
         None
     } else {
         Some(
-            udp::UdpServer::start(Arc::clone(&authority), sockets.udp).map_err(|source| {
-                ConfigError::Io {
-                    what: "DNS UDP",
-                    source,
-                }
+            udp::UdpServer::start(
+                Arc::clone(&authority),
+                sockets.udp,
+                Arc::new(idres_net::ByteBudget::new(config.rrl())),
+            )
+            .map_err(|source| ConfigError::Io {
+                what: "DNS UDP",
+                source,
             })?,
         )
     };

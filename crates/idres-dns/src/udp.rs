@@ -8,6 +8,13 @@
 //! queries, and when idle a query still needs only one receive and one
 //! send. There is no event loop and no allocation per query (the worker
 //! keeps its receive and response buffers).
+//!
+//! Response-rate limiting: every response is charged its size against its
+//! source's byte budget ([`ByteBudget`], per network prefix); one over
+//! budget is dropped, or every `slip`-th one sent as an empty truncated
+//! response (header and question, TC set) so that a real client behind a
+//! spoofed flood asks again over TCP. Sockets are bound by
+//! `idres_net::bind::udp_workers`.
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
@@ -18,14 +25,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use idres_net::{ByteBudget, Verdict};
 use nix::errno::Errno;
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::authority::{Authority, Outcome, Transport};
 use crate::unix_now;
+use crate::wire;
 
 /// How often an idle worker wakes to check for shutdown.
 const POLL: Duration = Duration::from_millis(200);
@@ -34,25 +42,6 @@ pub const BATCH: usize = 32;
 /// Bytes kept of one query; a longer one is cut, and so malformed. Real
 /// queries are a few dozen bytes.
 const MAX_QUERY: usize = 4096;
-
-/// Binds `workers` UDP sockets to `addr` with `SO_REUSEPORT`. With port 0
-/// the first socket picks the port and the others join it.
-pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<UdpSocket>> {
-    let mut sockets = Vec::with_capacity(workers.max(1));
-    let mut addr = addr;
-    for _ in 0..workers.max(1) {
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_port(true)?;
-        // Bigger buffers ride out bursts; the kernel may cap them.
-        let _ = s.set_recv_buffer_size(4 << 20);
-        let _ = s.set_send_buffer_size(4 << 20);
-        s.bind(&addr.into())?;
-        let sock: UdpSocket = s.into();
-        addr = sock.local_addr()?;
-        sockets.push(sock);
-    }
-    Ok(sockets)
-}
 
 /// Running UDP workers.
 #[derive(Debug)]
@@ -64,7 +53,12 @@ pub struct UdpServer {
 
 impl UdpServer {
     /// Starts one worker per socket.
-    pub fn start(authority: Arc<Authority>, sockets: Vec<UdpSocket>) -> io::Result<Self> {
+    /// Responses are charged to their source's `budget`.
+    pub fn start(
+        authority: Arc<Authority>,
+        sockets: Vec<UdpSocket>,
+        budget: Arc<ByteBudget>,
+    ) -> io::Result<Self> {
         let local_addr = sockets
             .first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no UDP socket"))?
@@ -75,10 +69,11 @@ impl UdpServer {
             socket.set_read_timeout(Some(POLL))?;
             let authority = Arc::clone(&authority);
             let stop = Arc::clone(&stop);
+            let budget = Arc::clone(&budget);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("idres-dns-udp-{i}"))
-                    .spawn(move || worker(&authority, &socket, &stop))?,
+                    .spawn(move || worker(&authority, &socket, &budget, &stop))?,
             );
         }
         Ok(Self {
@@ -102,7 +97,7 @@ impl UdpServer {
     }
 }
 
-fn worker(authority: &Authority, socket: &UdpSocket, stop: &AtomicBool) {
+fn worker(authority: &Authority, socket: &UdpSocket, budget: &ByteBudget, stop: &AtomicBool) {
     let fd = socket.as_raw_fd();
     let Ok(mut bufs) =
         Box::<[[u8; MAX_QUERY]; BATCH]>::try_from(vec![[0u8; MAX_QUERY]; BATCH].into_boxed_slice())
@@ -145,13 +140,32 @@ fn worker(authority: &Authority, socket: &UdpSocket, stop: &AtomicBool) {
             let (Some(query), Some(out)) = (buf.get(..*len), outs.get_mut(k)) else {
                 continue;
             };
-            if authority.answer(query, Transport::Udp, now, out) == Outcome::Reply {
-                to[k] = *peer;
-                k += 1;
+            if authority.answer(query, Transport::Udp, now, out) != Outcome::Reply {
+                continue;
             }
+            let ip = peer.as_ref().and_then(source_ip);
+            let verdict = ip.map_or(Verdict::Send, |ip| budget.charge(ip, out.len()));
+            match verdict {
+                Verdict::Send => {}
+                Verdict::Slip if wire::truncate_to_question(out) => authority.count_limited(),
+                Verdict::Slip | Verdict::Drop => {
+                    authority.count_limited();
+                    continue;
+                }
+            }
+            to[k] = *peer;
+            k += 1;
         }
         send_all(fd, &mut tx_headers, &outs[..k], &to[..k]);
     }
+}
+
+fn source_ip(addr: &SockaddrStorage) -> Option<std::net::IpAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(std::net::IpAddr::V4(v4.ip()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| std::net::IpAddr::V6(v6.ip()))
 }
 
 /// Sends `outs[i]` to `to[i]`, as few system calls as the kernel allows.

@@ -132,6 +132,27 @@ impl HostName {
     }
 }
 
+/// Cuts the response in `out` down to its header and question with the
+/// TC bit set, which tells a client to ask again over TCP (the "slip" of
+/// response-rate limiting). Returns false, leaving `out` alone, when the
+/// question cannot be read.
+pub fn truncate_to_question(out: &mut Vec<u8>) -> bool {
+    if out.len() < HEADER_LEN || out.get(4..6) != Some(&[0, 1][..]) {
+        return false;
+    }
+    let Some(q) = out.get(HEADER_LEN..).and_then(QuestionName::walk) else {
+        return false;
+    };
+    let end = HEADER_LEN + q.wire_len() + 4;
+    if end > out.len() {
+        return false;
+    }
+    out.truncate(end);
+    out[2] |= 0x02;
+    out[6..HEADER_LEN].fill(0);
+    true
+}
+
 /// Appends a big-endian `u16`.
 pub fn put_u16(out: &mut Vec<u8>, v: u16) {
     out.extend_from_slice(&v.to_be_bytes());

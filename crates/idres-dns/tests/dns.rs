@@ -822,7 +822,12 @@ fn the_index_of_empty_non_terminals_follows_the_change_log() {
     .unwrap()
     .unwrap();
     assert_eq!(linked(s).as_deref(), Some("88.118.8/LINKED"));
-    put(s, Handle::parse("88.118.8/LINKED").unwrap(), vec![]);
+    // The record stays, without its OID value.
+    put(
+        s,
+        Handle::parse("88.118.8/LINKED").unwrap(),
+        vec![url(1, "https://example.cn/linked")],
+    );
     assert_eq!(linked(s), None);
     // More changes than one read of the log.
     let mut batch = WriteRequest::default();

@@ -60,6 +60,7 @@ impl ServiceError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Storage(StoreError::Busy) => Code::ResourceExhausted,
             Self::Storage(StoreError::Closed | StoreError::WriterFailed(_))
             | Self::Unavailable(_) => Code::Unavailable,
             Self::Storage(_) | Self::Internal(_) => Code::Internal,

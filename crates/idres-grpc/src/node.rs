@@ -73,6 +73,41 @@ pub struct GrpcConfig {
     /// while it was caught up with its upstream within this many seconds
     /// (0: 60).
     pub ready_max_lag_secs: u64,
+    /// Most connections at once (0: 4096); when full, the longest-idle one
+    /// is closed to make room.
+    pub max_connections: usize,
+    /// Most connections at once from one address (0: 64).
+    pub max_per_address: usize,
+    /// Seconds a connection may carry nothing before it is closed (0: an
+    /// hour).
+    pub idle_secs: u64,
+    /// Concurrent calls (HTTP/2 streams) on one connection (0: 64).
+    pub max_streams: u32,
+}
+
+impl GrpcConfig {
+    /// The bounds of the face.
+    pub fn limits(&self) -> crate::server::Limits {
+        let d = crate::server::Limits::default();
+        let or = |v: usize, default: usize| if v == 0 { default } else { v };
+        crate::server::Limits {
+            conns: idres_net::ConnLimits {
+                max_connections: or(self.max_connections, d.conns.max_connections),
+                max_per_address: or(self.max_per_address, d.conns.max_per_address),
+                idle: match self.idle_secs {
+                    0 => d.conns.idle,
+                    s => std::time::Duration::from_secs(s),
+                },
+                ..d.conns
+            },
+            max_streams: if self.max_streams == 0 {
+                d.max_streams
+            } else {
+                self.max_streams
+            },
+            ..d
+        }
+    }
 }
 
 /// Why the face could not start.
@@ -344,7 +379,8 @@ pub async fn start_reporting(
         })?);
         let mut s = stop.clone();
         let core = Arc::clone(&core);
-        let rep = reporting.clone();
+        let mut rep = reporting.clone();
+        rep.limits.get_or_insert_with(|| config.limits());
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = s.wait_for(|v| *v).await;

@@ -281,7 +281,7 @@ pub async fn follow(
     status_tx: Option<watch::Sender<FollowStatus>>,
 ) -> ServiceResult<FollowStatus> {
     let mut total = FollowStatus::default();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = idres_net::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if *stop.borrow() {
             return Ok(total);
@@ -295,17 +295,16 @@ pub async fn follow(
             Ok(()) if options.stop_when_caught_up => return Ok(total),
             Ok(()) => {
                 tracing::info!(upstream = %upstream.url, "sync stream ended; reconnecting");
-                backoff = Duration::from_millis(100);
+                backoff.reset();
             }
             Err(e) => {
                 tracing::warn!(upstream = %upstream.url, error = %e, "sync interrupted; resuming");
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = stop.changed() => return Ok(total),
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -325,11 +324,9 @@ async fn follow_once(
     let mut stream = client.subscribe(upstream.request(req)).await?.into_inner();
     tracing::info!(upstream = %upstream.url, from_seq = cursor.from_seq,
         resume_snapshot_seq = cursor.resume_snapshot_seq, "following");
-    let mut pending: VecDeque<(
-        Vec<oneshot::Receiver<WriteOutcome>>,
-        FollowStatus,
-        Vec<String>,
-    )> = VecDeque::new();
+    // Batches submitted and not yet durable, each with the cursor from
+    // before it.
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut in_flight: Arc<HashMap<String, usize>> = Arc::new(HashMap::new());
     let mut last_report = std::time::Instant::now();
     let mut report_entries = total.entries;
@@ -374,10 +371,8 @@ async fn follow_once(
         if mutations.is_empty() && next == cursor {
             // Nothing new (a heartbeat): nothing to write. The stream is
             // idle, so let what is in flight land and report the state.
-            while let Some((receivers, st, keys)) = pending.pop_front() {
-                for rx in receivers {
-                    settle(rx).await?;
-                }
+            while let Some(p) = pending.pop_front() {
+                let (st, keys) = p.settle(&**store, &upstream.url).await?;
                 land(&mut in_flight, &keys);
                 finish(total, st);
             }
@@ -394,7 +389,9 @@ async fn follow_once(
         // which the writer commits in small sled batches (cheaper per key)
         // under one flush; the cursor rides with the last of them. Should
         // the node stop between them, the records already written are
-        // written again on resume, which changes nothing.
+        // written again on resume, which changes nothing. Should one of
+        // them be refused, the cursor is put back to where it was before
+        // the batch (see [`Pending::settle`]), so nothing is skipped.
         let mut tail = if mutations.len() > APPLY_CHUNK {
             mutations.split_off(mutations.len() - mutations.len() % APPLY_CHUNK)
         } else {
@@ -405,7 +402,7 @@ async fn follow_once(
             key: upstream.url.as_bytes().to_vec(),
             value: next.encode_to_vec(),
         });
-        cursor = next;
+        let prev_cursor = std::mem::replace(&mut cursor, next);
         let mut receivers = Vec::new();
         let mut requests: Vec<Vec<Mutation>> = Vec::new();
         while !mutations.is_empty() {
@@ -426,25 +423,69 @@ async fn follow_once(
             );
             receivers.push(rx);
         }
-        pending.push_back((receivers, st, keys));
+        pending.push_back(Pending {
+            receivers,
+            status: st,
+            keys,
+            before: prev_cursor,
+        });
         while pending.len() >= IN_FLIGHT {
-            if let Some((receivers, st, keys)) = pending.pop_front() {
-                for rx in receivers {
-                    settle(rx).await?;
-                }
+            if let Some(p) = pending.pop_front() {
+                let (st, keys) = p.settle(&**store, &upstream.url).await?;
                 land(&mut in_flight, &keys);
                 finish(total, st);
             }
         }
     }
-    while let Some((receivers, st, keys)) = pending.pop_front() {
-        for rx in receivers {
-            settle(rx).await?;
-        }
+    while let Some(p) = pending.pop_front() {
+        let (st, keys) = p.settle(&**store, &upstream.url).await?;
         land(&mut in_flight, &keys);
         finish(total, st);
     }
     Ok(())
+}
+
+/// A batch handed to the store.
+struct Pending {
+    receivers: Vec<oneshot::Receiver<WriteOutcome>>,
+    status: FollowStatus,
+    keys: Vec<String>,
+    /// The cursor before the batch.
+    before: pb::SubscribeRequest,
+}
+
+impl Pending {
+    /// Waits until every request of the batch is durable. If one was
+    /// refused, the cursor, which may have landed with a later request, is
+    /// put back to where it was before the batch, so that the follower
+    /// asks for the batch again instead of skipping what was refused.
+    async fn settle(
+        self,
+        store: &dyn Store,
+        url: &str,
+    ) -> Result<(FollowStatus, Vec<String>), ServiceError> {
+        let mut failed = None;
+        for rx in self.receivers {
+            if let Err(e) = settle(rx).await {
+                failed.get_or_insert(e);
+            }
+        }
+        let Some(e) = failed else {
+            return Ok((self.status, self.keys));
+        };
+        let reset = store.write(WriteRequest {
+            mutations: vec![Mutation::PutAux {
+                space: CURSORS.into(),
+                key: url.as_bytes().to_vec(),
+                value: self.before.encode_to_vec(),
+            }],
+            idempotency_key: None,
+        });
+        if !matches!(reset, Ok(Ok(_))) {
+            tracing::error!(upstream = %url, "could not put the sync cursor back after a refused batch");
+        }
+        Err(e)
+    }
 }
 
 fn land(in_flight: &mut Arc<HashMap<String, usize>>, keys: &[String]) {

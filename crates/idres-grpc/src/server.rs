@@ -71,6 +71,33 @@ pub struct Reporting {
     pub metrics: Option<Arc<idres_metrics::Metrics>>,
     /// The node's readiness, reported by the health service.
     pub health: Option<Arc<idres_metrics::Health>>,
+    /// Connection limits (defaults when `None`).
+    pub limits: Option<Limits>,
+}
+
+/// Bounds of the gRPC face.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections in all, per address, idle cut and handshake deadline.
+    pub conns: idres_net::ConnLimits,
+    /// Concurrent HTTP/2 streams on one connection.
+    pub max_streams: u32,
+    /// Largest message decoded, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            conns: idres_net::ConnLimits {
+                max_connections: 4096,
+                max_per_address: 64,
+                ..idres_net::ConnLimits::default()
+            },
+            max_streams: 64,
+            max_message_bytes: 64 << 20,
+        }
+    }
 }
 
 /// The services the health service reports on.
@@ -145,15 +172,25 @@ pub async fn serve_reporting(
             }
         })
     });
+    let limits = reporting.limits.unwrap_or_default();
     let face = reporting.metrics.unwrap_or_default().face("grpc");
+    let report_face = face.clone();
+    let tracker = idres_net::Tracker::with_reporter(
+        limits.conns,
+        Some(Arc::new(move |what: &'static str| {
+            report_face.dropped(what)
+        })),
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let max = 64 << 20;
+    let max = limits.max_message_bytes;
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .max_concurrent_streams(Some(limits.max_streams))
+        .concurrency_limit_per_connection(limits.max_streams as usize)
         .layer(crate::metrics::MetricsLayer::new(face))
         .layer(tonic::service::interceptor(verified_peer))
         .add_service(health_service)
@@ -180,7 +217,7 @@ pub async fn serve_reporting(
             pb::sync_service_server::SyncServiceServer::new(SyncServiceImpl::new(core))
                 .max_decoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls, tracker), shutdown)
         .await;
     if let Some(w) = watcher {
         w.abort();

@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -167,30 +167,43 @@ pub fn subject_cn(der: &[u8]) -> Option<String> {
     Some(cn)
 }
 
-/// Accepts any certificate during the handshake once the client proved it
-/// holds its key; the chain is verified right after ([`PeerChecker`]).
+/// Verifies the client's chain during the handshake: a chain to the
+/// client CA or to the operator CA (with the node's CRLs) is let in, and
+/// anything else is refused with a TLS alert before a single request is
+/// read. Which of the two it is, and who it names, is decided right after
+/// by [`PeerChecker`].
 #[derive(Debug)]
-struct DeferredVerifier {
-    provider: Arc<CryptoProvider>,
+struct HandshakeVerifier {
+    nodes: Arc<dyn ClientCertVerifier>,
+    operators: Arc<dyn ClientCertVerifier>,
     hints: Vec<DistinguishedName>,
 }
 
-impl ClientCertVerifier for DeferredVerifier {
+impl ClientCertVerifier for HandshakeVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.hints
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        true
     }
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
+        match self
+            .nodes
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(v) => Ok(v),
+            Err(as_node) => self
+                .operators
+                .verify_client_cert(end_entity, intermediates, now)
+                .map_err(|_| as_node),
+        }
     }
 
     fn verify_tls12_signature(
@@ -199,12 +212,7 @@ impl ClientCertVerifier for DeferredVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.nodes.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -213,18 +221,11 @@ impl ClientCertVerifier for DeferredVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.nodes.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.nodes.supported_verify_schemes()
     }
 }
 
@@ -352,8 +353,14 @@ impl ServerTls {
         if let Some(op) = &pem.operator_ca_pem {
             hints.extend(roots(op)?.subjects());
         }
-        let verifier = Arc::new(DeferredVerifier {
-            provider: Arc::clone(&provider),
+        let checker = PeerChecker::new(
+            &pem.client_ca_pem,
+            pem.operator_ca_pem.as_deref(),
+            &pem.crl_pems,
+        )?;
+        let verifier = Arc::new(HandshakeVerifier {
+            nodes: Arc::clone(&checker.nodes),
+            operators: Arc::clone(&checker.operators),
             hints,
         });
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -365,20 +372,32 @@ impl ServerTls {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            checker: PeerChecker::new(
-                &pem.client_ca_pem,
-                pem.operator_ca_pem.as_deref(),
-                &pem.crl_pems,
-            )?,
+            checker,
         })
     }
 }
 
-/// A connection handed to tonic, carrying its [`PeerInfo`].
+/// A connection handed to tonic, carrying its [`PeerInfo`] and its place
+/// in the face's connection tracker: every read and write marks it used,
+/// and when the tracker evicts it the next read fails, which ends it.
 #[derive(Debug)]
 pub struct Conn {
     io: ConnIo,
     info: PeerInfo,
+    slot: idres_net::Slot,
+    evicted: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl Conn {
+    fn new(io: ConnIo, info: PeerInfo, slot: idres_net::Slot) -> Self {
+        let evicted = Box::pin(slot.token().cancelled_owned());
+        Self {
+            io,
+            info,
+            slot,
+            evicted,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -400,7 +419,15 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        if std::future::Future::poll(this.evicted.as_mut(), cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "evicted to make room for another connection",
+            )));
+        }
+        this.slot.activity().touch();
+        match &mut this.io {
             ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             ConnIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
         }
@@ -413,7 +440,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        let this = self.get_mut();
+        this.slot.activity().touch();
+        match &mut this.io {
             ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             ConnIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
         }
@@ -452,17 +481,16 @@ impl AsyncWrite for Conn {
     }
 }
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts connections on `listener` and yields them, TLS-wrapped when
 /// `tls` is given (handshakes run concurrently, so a slow client does not
 /// hold up others), as a stream for tonic's `serve_with_incoming`.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<tokio::sync::watch::Receiver<ServerTls>>,
+    tracker: Arc<idres_net::Tracker>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(64);
+    let handshake = tracker.limits().handshake;
     tokio::spawn(async move {
         loop {
             let (stream, remote) = match listener.accept().await {
@@ -476,18 +504,22 @@ pub fn incoming(
             if tx.is_closed() {
                 return;
             }
+            let Ok(slot) = tracker.admit(remote.ip()) else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let tx = tx.clone();
             match &tls {
                 None => {
-                    let conn = Conn {
-                        io: ConnIo::Plain(stream),
-                        info: PeerInfo {
+                    let conn = Conn::new(
+                        ConnIo::Plain(stream),
+                        PeerInfo {
                             remote: Some(remote),
                             identity: Err("plaintext connection".into()),
                             plaintext: true,
                         },
-                    };
+                        slot,
+                    );
                     if tx.send(Ok(conn)).await.is_err() {
                         return;
                     }
@@ -498,8 +530,7 @@ pub fn incoming(
                     let tls = tls.borrow().clone();
                     tokio::spawn(async move {
                         let accepted =
-                            tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream))
-                                .await;
+                            tokio::time::timeout(handshake, tls.acceptor.accept(stream)).await;
                         let stream = match accepted {
                             Ok(Ok(s)) => s,
                             Ok(Err(e)) => {
@@ -516,14 +547,15 @@ pub fn incoming(
                         if let Err(why) = &identity {
                             tracing::info!(%remote, reason = %why, "client certificate refused");
                         }
-                        let conn = Conn {
-                            io: ConnIo::Tls(Box::new(stream)),
-                            info: PeerInfo {
+                        let conn = Conn::new(
+                            ConnIo::Tls(Box::new(stream)),
+                            PeerInfo {
                                 remote: Some(remote),
                                 identity,
                                 plaintext: false,
                             },
-                        };
+                            slot,
+                        );
                         let _ = tx.send(Ok(conn)).await;
                     });
                 }

@@ -28,7 +28,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use idres_auth::PermissionGuard;
-use idres_model::{json, types, validate_values, Handle, HandleValue, Prefix};
+use idres_model::{json, types, validate_record, Handle, HandleValue, Prefix};
 use idres_store::{Committed, Mutation, MutationError, Store, WriteRequest};
 use idres_wire::ResponseCode;
 use rand::RngCore as _;
@@ -361,7 +361,9 @@ async fn put_inner(app: &App, req: Request) -> Result<Response, ApiError> {
 }
 
 fn check_values(values: &[HandleValue], raw: &str) -> Result<(), ApiError> {
-    validate_values(values)
+    // Early, for a clear error; the store's writer applies the same rules
+    // with the node's size limit.
+    validate_record(values, idres_model::value::RECORD_BYTES_CEILING)
         .map_err(|e| ApiError::new(ResponseCode::INVALID_VALUE, e.to_string()).about(raw))
 }
 

@@ -60,8 +60,13 @@ pub use tls::{TlsError, TlsFiles};
 pub struct HttpOptions {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
-    /// Most connections open at once; further clients wait to be accepted.
+    /// Most connections open at once; when full, the longest-idle one is
+    /// closed to make room.
     pub max_connections: usize,
+    /// Most connections open at once from one address.
+    pub max_per_address: usize,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
     /// How long a client may take to send a request's headers.
     pub header_timeout: Duration,
     /// How long a connection with no request in progress is kept open.
@@ -84,8 +89,10 @@ impl Default for HttpOptions {
         Self {
             max_body_bytes: 4 << 20,
             max_connections: 4096,
+            max_per_address: 256,
+            body_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
             max_auth_failures: 10,
             auth_lockout: Duration::from_secs(600),
@@ -186,6 +193,11 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             metrics::track,
+        ))
+        // A body must arrive within its deadline: a client that trickles
+        // one holds a connection and a buffer for nothing.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            app.options().body_timeout,
         ))
         .with_state(app)
 }

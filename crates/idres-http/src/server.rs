@@ -1,24 +1,26 @@
 //! The accept loop: plain TCP or TLS, HTTP/1.1 with keep-alive or HTTP/2,
-//! a bound on open connections, idle connections closed after
-//! [`HttpOptions::idle_timeout`], and a graceful stop.
+//! connections admitted by the shared tracker of `idres-net` (caps in all
+//! and per address, the longest-idle connection evicted when full), idle
+//! connections closed after [`HttpOptions::idle_timeout`], deadlines for
+//! the TLS handshake, the headers and the body, and a graceful stop.
 //!
 //! Each connection's peer address and client-certificate identity are put
 //! into every request's extensions as a [`ConnInfo`], which is how the
 //! handlers learn of a certificate the TLS layer verified.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use idres_net::{Activity, Tracker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
@@ -73,16 +75,20 @@ pub async fn serve_reloadable(
 ) {
     let router = crate::router(Arc::clone(&app));
     let options = app.options().clone();
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let face = app.metrics().face("http");
+    let report: idres_net::conn::Reporter = Arc::new(move |what: &'static str| face.dropped(what));
+    let tracker = Tracker::with_reporter(
+        idres_net::ConnLimits {
+            max_connections: options.max_connections.max(1),
+            max_per_address: options.max_per_address.max(1),
+            idle: options.idle_timeout,
+            handshake: options.handshake_timeout,
+            request: options.body_timeout,
+        },
+        Some(report),
+    );
     let mut tasks = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = stopped(&mut stop) => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -99,6 +105,9 @@ pub async fn serve_reloadable(
             },
             () = stopped(&mut stop) => break,
         };
+        let Ok(slot) = tracker.admit(peer.ip()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let conn_stop = stop.clone();
@@ -106,45 +115,56 @@ pub async fn serve_reloadable(
             .as_ref()
             .map(|t| tokio_rustls::TlsAcceptor::from(Arc::clone(&t.borrow())));
         let options = options.clone();
+        let evicted = slot.token();
         tasks.spawn(async move {
-            let _permit = permit;
-            match acceptor {
-                None => {
-                    let info = ConnInfo {
-                        peer,
-                        tls: false,
-                        client_identity: None,
-                    };
-                    serve_connection(stream, info, router, conn_stop, &options).await;
-                }
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(options.handshake_timeout, acceptor.accept(stream))
+            let activity = Arc::clone(slot.activity());
+            let _slot = slot;
+            let conn = async move {
+                match acceptor {
+                    None => {
+                        let info = ConnInfo {
+                            peer,
+                            tls: false,
+                            client_identity: None,
+                        };
+                        serve_connection(stream, info, router, conn_stop, &options, activity).await;
+                    }
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(
+                            options.handshake_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await;
+                        let tls_stream = match handshake {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let client_identity = tls_stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| identity_from_cert(c));
+                        let info = ConnInfo {
+                            peer,
+                            tls: true,
+                            client_identity,
+                        };
+                        serve_connection(tls_stream, info, router, conn_stop, &options, activity)
                             .await;
-                    let tls_stream = match handshake {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let client_identity = tls_stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| identity_from_cert(c));
-                    let info = ConnInfo {
-                        peer,
-                        tls: true,
-                        client_identity,
-                    };
-                    serve_connection(tls_stream, info, router, conn_stop, &options).await;
+                    }
                 }
+            };
+            tokio::select! {
+                () = conn => {}
+                () = evicted.cancelled() => {}
             }
         });
         while tasks.try_join_next().is_some() {}
@@ -158,68 +178,21 @@ pub async fn serve_reloadable(
     tasks.abort_all();
 }
 
-/// Requests in progress on one connection, and when it last saw one
-/// start or finish.
-#[derive(Debug)]
-struct Activity {
-    inflight: AtomicUsize,
-    since: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Option<Duration> {
-        if self.inflight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Some(self.since.elapsed().saturating_sub(last))
-    }
-}
-
-/// Counts a request in progress until dropped (also when the client goes
-/// away mid-request and the future is dropped).
-struct InFlight(Arc<Activity>);
-
-impl InFlight {
-    fn start(a: &Arc<Activity>) -> Self {
-        a.inflight.fetch_add(1, Ordering::AcqRel);
-        a.touch();
-        Self(Arc::clone(a))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 async fn serve_connection<S>(
     stream: S,
     info: ConnInfo,
     router: Router,
     mut stop: watch::Receiver<bool>,
     options: &HttpOptions,
+    activity: Arc<Activity>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let activity = Arc::new(Activity {
-        inflight: AtomicUsize::new(0),
-        since: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    });
     let counter = Arc::clone(&activity);
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
-        let guard = InFlight::start(&counter);
+        let guard = counter.busy();
         let call = router.clone().oneshot(req);
         async move {
             let resp = call.await;

@@ -22,6 +22,6 @@ pub use typed::{
     ValueList,
 };
 pub use value::{
-    decode_values, encode_values, types, validate_values, HandleValue, Permissions, TtlType,
-    ValueError, ValueReference,
+    decode_values, encode_values, types, validate_record, validate_values, HandleValue,
+    Permissions, TtlType, ValueError, ValueReference,
 };

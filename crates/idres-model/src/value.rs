@@ -249,6 +249,43 @@ pub fn decode_values(r: &mut Reader<'_>) -> Result<Vec<HandleValue>, DecodeError
     Ok(values)
 }
 
+/// Largest record, in bytes of its values on the wire, a node accepts by
+/// default: a resolution reply carrying the whole record, with its
+/// header, handle and a signature, stays far inside the protocol's
+/// 256 KiB message limit.
+pub const MAX_RECORD_BYTES: usize = 131_072;
+
+/// The most `max_record_bytes` may be set to: the protocol's message limit
+/// less room for the envelope, header, handle, value count and signature.
+pub const RECORD_BYTES_CEILING: usize = 262_144 - 8192;
+
+/// Bytes of a record's values on the wire (count and values).
+pub fn record_len(values: &[HandleValue]) -> usize {
+    4 + values.iter().map(HandleValue::encoded_len).sum::<usize>()
+}
+
+/// The one set of rules every write path applies to a record it creates or
+/// replaces (import, HTTP, gRPC, native, escrow and sync alike, so that
+/// what one node accepts every node accepts): at least one value, the
+/// rules of [`validate_values`], and at most `max_bytes` on the wire.
+pub fn validate_record(values: &[HandleValue], max_bytes: usize) -> Result<(), ValueError> {
+    if values.is_empty() {
+        return Err(ValueError::Empty);
+    }
+    validate_values(values)?;
+    check_record_len(values, max_bytes)
+}
+
+/// Checks only the size rule of [`validate_record`].
+pub fn check_record_len(values: &[HandleValue], max_bytes: usize) -> Result<(), ValueError> {
+    let bytes = record_len(values);
+    let max = max_bytes.min(RECORD_BYTES_CEILING);
+    if bytes > max {
+        return Err(ValueError::RecordTooLarge { bytes, max });
+    }
+    Ok(())
+}
+
 /// Why a set of values cannot form a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -266,6 +303,17 @@ pub enum ValueError {
         index: u32,
         /// The type found.
         value_type: String,
+    },
+    /// A record created or replaced with no value.
+    #[error("at least one value is required")]
+    Empty,
+    /// The record is larger than the node accepts.
+    #[error("the record has {bytes} bytes of values, more than the {max} this node accepts (every reply must fit one protocol message)")]
+    RecordTooLarge {
+        /// Its size on the wire.
+        bytes: usize,
+        /// The limit.
+        max: usize,
     },
     /// Too many values.
     #[error("{0} values exceed the limit of 4096")]
@@ -324,6 +372,36 @@ pub fn validate_values(values: &[HandleValue]) -> Result<(), ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_rule_for_records() {
+        assert_eq!(
+            validate_record(&[], MAX_RECORD_BYTES),
+            Err(ValueError::Empty)
+        );
+        let ok = [HandleValue::new(1, "URL", "https://a.example/")];
+        assert!(validate_record(&ok, MAX_RECORD_BYTES).is_ok());
+        let big = [HandleValue::new(1, "DESC", vec![b'x'; 200_000])];
+        assert!(matches!(
+            validate_record(&big, MAX_RECORD_BYTES),
+            Err(ValueError::RecordTooLarge {
+                max: MAX_RECORD_BYTES,
+                ..
+            })
+        ));
+        // The limit cannot be raised past what one message carries.
+        let huge: Vec<HandleValue> = (1..=2)
+            .map(|i| HandleValue::new(i, "DESC", vec![b'x'; 130_000]))
+            .collect();
+        assert!(matches!(
+            validate_record(&huge, usize::MAX),
+            Err(ValueError::RecordTooLarge {
+                max: RECORD_BYTES_CEILING,
+                ..
+            })
+        ));
+        assert_eq!(record_len(&ok), 4 + ok[0].encoded_len());
+    }
 
     #[test]
     fn golden_value_encoding() {

@@ -1,101 +1,73 @@
 //! The Handle protocol over TCP.
 //!
-//! A connection carries envelope-framed messages one after another. Every
-//! resource is bounded: the number of connections (extra ones are closed at
-//! once), the time a connection may sit idle or take to deliver a message,
-//! and the size of a message (the envelope's length field is checked before
-//! anything is read into the per-connection buffer).
+//! A connection carries envelope-framed messages one after another.
+//! Connections are admitted by the shared tracker of `idres-net` (caps in
+//! all and per address, the longest-idle connection evicted when full, a
+//! long idle cut for clients that hold a connection for hours); a message
+//! once begun must arrive whole, and a reply be taken, within the request
+//! deadline; the size of a message is checked from the envelope before
+//! anything is read into the per-connection buffer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
+use idres_net::{ConnLimits, Slot, Tracker};
 use idres_wire::{Envelope, ENVELOPE_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::admin::{Peer, Transport};
 use crate::handler::{Handler, Outcome};
 use crate::unix_now;
 
-/// Limits of the TCP transport.
-#[derive(Debug, Clone, Copy)]
-pub struct TcpLimits {
-    /// Most connections open at once.
-    pub max_connections: usize,
-    /// How long a connection may wait for its next message, or take to
-    /// send one.
-    pub idle_timeout: Duration,
-}
-
-impl Default for TcpLimits {
-    fn default() -> Self {
-        Self {
-            max_connections: 1024,
-            idle_timeout: Duration::from_secs(30),
-        }
-    }
+/// The tracker of the Handle TCP face, reporting evictions and refusals as
+/// drops of face `handle_tcp`.
+pub fn tracker(handler: &Handler, limits: ConnLimits) -> Arc<Tracker> {
+    let report = handler.face_metrics(Transport::Tcp).map(|f| {
+        let f = f.clone();
+        Arc::new(move |what: &'static str| f.dropped(what)) as idres_net::conn::Reporter
+    });
+    Tracker::with_reporter(limits, report)
 }
 
 /// Accepts connections on `listener` until `shutdown` turns true.
 pub async fn serve(
     handler: Arc<Handler>,
     listener: TcpListener,
-    limits: TcpLimits,
-    mut shutdown: watch::Receiver<bool>,
+    tracker: Arc<Tracker>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
-                // Out of descriptors or similar: back off instead of spinning.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!(%peer, "TCP connection limit reached");
-            drop(stream);
-            continue;
-        };
-        let handler = Arc::clone(&handler);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            connection(handler, stream, peer, limits.idle_timeout, shutdown).await;
-            drop(permit);
-        });
-    }
+    let conns = shutdown.clone();
+    idres_net::accept_loop(listener, tracker, shutdown, move |stream, peer, slot| {
+        connection(Arc::clone(&handler), stream, peer, slot, conns.clone())
+    })
+    .await;
 }
 
 async fn connection(
     handler: Arc<Handler>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    idle: Duration,
+    slot: Slot,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    let limits = *slot.limits();
     let mut buf = Vec::new();
     let mut out = BytesMut::new();
     let mut state = Peer::new(peer, Transport::Tcp);
     loop {
         let mut head = [0u8; ENVELOPE_LEN];
         let read = tokio::select! {
-            r = tokio::time::timeout(idle, stream.read_exact(&mut head)) => r,
+            r = tokio::time::timeout(limits.idle, stream.read_exact(&mut head)) => r,
             _ = shutdown.changed() => return,
         };
         match read {
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => return,
         }
+        let _busy = slot.activity().busy();
         let Ok(env) = Envelope::decode(&head) else {
             tracing::debug!(%peer, "unreadable envelope on TCP; closing");
             return;
@@ -104,7 +76,9 @@ async fn connection(
         buf.clear();
         buf.extend_from_slice(&head);
         buf.resize(ENVELOPE_LEN + len, 0);
-        match tokio::time::timeout(idle, stream.read_exact(&mut buf[ENVELOPE_LEN..])).await {
+        match tokio::time::timeout(limits.request, stream.read_exact(&mut buf[ENVELOPE_LEN..]))
+            .await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(_)) | Err(_) => return,
         }
@@ -133,7 +107,7 @@ async fn connection(
         };
         match outcome {
             Outcome::Reply => {
-                let written = tokio::time::timeout(idle, stream.write_all(&out)).await;
+                let written = tokio::time::timeout(limits.request, stream.write_all(&out)).await;
                 if !matches!(written, Ok(Ok(()))) {
                     return;
                 }

@@ -10,6 +10,13 @@
 //! Datagrams over 512 bytes are dropped; multi-packet requests are joined
 //! by a bounded [`Reassembler`]; replies over 492 bytes are sent as
 //! numbered packets.
+//!
+//! A reply goes to whatever address the request claims, so what one
+//! source may draw is bounded in bytes per second by a shared
+//! [`ByteBudget`]: a reply, all its packets counted, that the source's
+//! budget cannot pay for is not sent at all, and the client, as Handle
+//! clients do after a UDP timeout, asks again over TCP, which is not
+//! spoofable. Sockets are bound by `idres_net::bind::udp_workers`.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -19,8 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use idres_net::{ByteBudget, Verdict};
+use idres_wire::ENVELOPE_LEN;
 use idres_wire::{Assembled, Datagrams, Reassembler, ReassemblyLimits, MAX_DATAGRAM};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admin::{Peer, Transport};
 use crate::handler::{Handler, Outcome};
@@ -28,26 +36,6 @@ use crate::unix_now;
 
 /// How often an idle worker wakes to check for shutdown.
 const POLL: Duration = Duration::from_millis(200);
-
-/// Binds `workers` UDP sockets to `addr` with `SO_REUSEPORT`. With port 0
-/// the first socket picks the port and the others join it.
-pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<UdpSocket>> {
-    let mut sockets = Vec::with_capacity(workers.max(1));
-    let mut addr = addr;
-    for _ in 0..workers.max(1) {
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_port(true)?;
-        s.set_reuse_address(true)?;
-        // Bigger buffers ride out bursts; the kernel may cap them.
-        let _ = s.set_recv_buffer_size(4 << 20);
-        let _ = s.set_send_buffer_size(4 << 20);
-        s.bind(&addr.into())?;
-        let sock: UdpSocket = s.into();
-        addr = sock.local_addr()?;
-        sockets.push(sock);
-    }
-    Ok(sockets)
-}
 
 /// Running UDP workers.
 #[derive(Debug)]
@@ -59,7 +47,12 @@ pub struct UdpServer {
 
 impl UdpServer {
     /// Starts one worker per socket.
-    pub fn start(handler: Arc<Handler>, sockets: Vec<UdpSocket>) -> io::Result<Self> {
+    /// Replies are charged to their source's `budget`.
+    pub fn start(
+        handler: Arc<Handler>,
+        sockets: Vec<UdpSocket>,
+        budget: Arc<ByteBudget>,
+    ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let local_addr = sockets
             .first()
@@ -70,10 +63,11 @@ impl UdpServer {
             socket.set_read_timeout(Some(POLL))?;
             let handler = Arc::clone(&handler);
             let stop = Arc::clone(&stop);
+            let budget = Arc::clone(&budget);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("idres-udp-{i}"))
-                    .spawn(move || worker(&handler, &socket, &stop))?,
+                    .spawn(move || worker(&handler, &socket, &budget, &stop))?,
             );
         }
         Ok(Self {
@@ -103,7 +97,7 @@ impl Drop for UdpServer {
     }
 }
 
-fn worker(handler: &Handler, socket: &UdpSocket, stop: &AtomicBool) {
+fn worker(handler: &Handler, socket: &UdpSocket, budget: &ByteBudget, stop: &AtomicBool) {
     // One byte more than the largest datagram, to notice oversized ones.
     let mut buf = [0u8; MAX_DATAGRAM + 1];
     let mut packet = [0u8; MAX_DATAGRAM];
@@ -153,6 +147,14 @@ fn worker(handler: &Handler, socket: &UdpSocket, stop: &AtomicBool) {
         if outcome == Outcome::Drop {
             continue;
         }
+        if budget.charge(peer.ip(), wire_bytes(out.len())) != Verdict::Send {
+            // Nothing smaller than the request would help a Handle client:
+            // it retries over TCP after its UDP timeout.
+            if let Some(f) = handler.face_metrics(Transport::Udp) {
+                f.rate_limited();
+            }
+            continue;
+        }
         if out.len() <= MAX_DATAGRAM {
             send(socket, &out, peer);
             continue;
@@ -164,6 +166,17 @@ fn worker(handler: &Handler, socket: &UdpSocket, stop: &AtomicBool) {
             send(socket, &packet[..len], peer);
         }
     }
+}
+
+/// Bytes on the wire for a reply message of `len` bytes (envelope
+/// included): one envelope per packet when it is split.
+fn wire_bytes(len: usize) -> usize {
+    if len <= MAX_DATAGRAM {
+        return len;
+    }
+    let body = len.saturating_sub(ENVELOPE_LEN);
+    let per = MAX_DATAGRAM - ENVELOPE_LEN;
+    body + body.div_ceil(per) * ENVELOPE_LEN
 }
 
 fn send(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {

@@ -66,6 +66,9 @@ pub enum StoreError {
     /// writes until it is reopened.
     #[error("the store refuses writes since a write failed ({0}); restart the node once the cause is fixed")]
     WriterFailed(String),
+    /// The writer's queue is full: the disk is slower than the writes.
+    #[error("the store's write queue is full; try again shortly")]
+    Busy,
 }
 
 impl StoreError {
@@ -73,7 +76,10 @@ impl StoreError {
     /// writes after a failure): the answer to a client is "unavailable,
     /// try later or elsewhere", not an internal error.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Closed | StoreError::WriterFailed(_))
+        matches!(
+            self,
+            StoreError::Closed | StoreError::WriterFailed(_) | StoreError::Busy
+        )
     }
 }
 

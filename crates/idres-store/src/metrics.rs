@@ -12,6 +12,8 @@ use prometheus_client::registry::Registry;
 pub struct StoreMetrics {
     /// Write requests submitted and not yet taken by the writer.
     pub queue_depth: Gauge,
+    /// Writes refused because the queue was full.
+    pub queue_full: Counter,
     /// Mutations per group commit.
     pub group_mutations: Histogram,
     /// Seconds from the start of a group to its durable end.
@@ -30,6 +32,7 @@ impl Default for StoreMetrics {
     fn default() -> Self {
         Self {
             queue_depth: Gauge::default(),
+            queue_full: Counter::default(),
             group_mutations: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_1, 2.5, 12)),
             flush_seconds: Histogram::new(exponential_buckets(0.000_1, 2.5, 12)),
@@ -52,6 +55,11 @@ impl StoreMetrics {
             "idres_writer_queue_depth",
             "Write requests waiting for the store's writer",
             self.queue_depth.clone(),
+        );
+        registry.register(
+            "idres_writer_queue_full",
+            "Writes refused because the writer's queue was full",
+            self.queue_full.clone(),
         );
         registry.register(
             "idres_writer_group_mutations",

@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
-use idres_model::{types, validate_values, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
+use idres_model::{types, validate_record, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
 
 mod backup;
 mod trim;
@@ -41,6 +41,12 @@ pub struct SledConfig {
     pub value_policy: Option<Arc<dyn ValuePolicy>>,
     /// Where the store's measurements go.
     pub metrics: Arc<StoreMetrics>,
+    /// Largest record accepted, in bytes of its values on the wire (capped
+    /// at [`idres_model::value::RECORD_BYTES_CEILING`]).
+    pub max_record_bytes: usize,
+    /// Most write requests waiting for the writer; past it a write is
+    /// refused at once with [`StoreError::Busy`].
+    pub max_queued_writes: usize,
 }
 
 impl SledConfig {
@@ -54,6 +60,8 @@ impl SledConfig {
             read_cache_bytes: 256 << 20,
             value_policy: None,
             metrics: Arc::default(),
+            max_record_bytes: idres_model::value::MAX_RECORD_BYTES,
+            max_queued_writes: 16_384,
         }
     }
 }
@@ -63,6 +71,7 @@ type PrefixMap = HashMap<String, Arc<PrefixHome>>;
 #[derive(Debug)]
 struct Shared {
     db: sled::Db,
+    max_record_bytes: usize,
     last_seq: AtomicU64,
     handle_count: AtomicUsize,
     prefixes: RwLock<Arc<PrefixMap>>,
@@ -224,7 +233,7 @@ struct Job {
 pub struct SledStore {
     shared: Arc<Shared>,
     path: PathBuf,
-    jobs: Mutex<Option<Sender<Job>>>,
+    jobs: Mutex<Option<SyncSender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -308,6 +317,7 @@ impl SledStore {
             cache: ReadCache::new(config.read_cache_bytes),
             closing: AtomicBool::new(false),
             value_policy: config.value_policy.clone(),
+            max_record_bytes: config.max_record_bytes,
             cursors,
             tap: Mutex::new(None),
             trim_lock: Mutex::new(()),
@@ -322,7 +332,9 @@ impl SledStore {
                 .spawn(move || fill_cache(&fill_shared))
                 .map_err(|e| StoreError::Io(e.to_string()))?;
         }
-        let (tx, rx) = mpsc::channel();
+        // Bounded: when writers outrun the disk, callers are told to come
+        // back later instead of the queue growing without end.
+        let (tx, rx) = mpsc::sync_channel(config.max_queued_writes.max(1));
         let writer_shared = Arc::clone(&shared);
         let max = config.max_group_mutations.max(1);
         let writer = std::thread::Builder::new()
@@ -643,7 +655,10 @@ impl<'s> Group<'s> {
                 policy.prepare(key, values);
             }
             if let Some(values) = &new {
-                if let Err(source) = validate_values(values) {
+                // The one rule set of every write path (import, HTTP, gRPC,
+                // native, escrow, sync): what one node stores, every node
+                // stores.
+                if let Err(source) = validate_record(values, self.shared.max_record_bytes) {
                     return Ok(Err(MutationError::Invalid {
                         handle: handle.as_str().to_owned(),
                         source,
@@ -1129,9 +1144,17 @@ impl Store for SledStore {
         match sender {
             Some(tx) => {
                 self.shared.metrics.queue_depth.inc();
-                if let Err(mpsc::SendError(job)) = tx.send(Job { request, done }) {
-                    self.shared.metrics.queue_depth.dec();
-                    (job.done)(Err(StoreError::Closed));
+                match tx.try_send(Job { request, done }) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(job)) => {
+                        self.shared.metrics.queue_depth.dec();
+                        self.shared.metrics.queue_full.inc();
+                        (job.done)(Err(StoreError::Busy));
+                    }
+                    Err(TrySendError::Disconnected(job)) => {
+                        self.shared.metrics.queue_depth.dec();
+                        (job.done)(Err(StoreError::Closed));
+                    }
                 }
             }
             None => done(Err(StoreError::Closed)),

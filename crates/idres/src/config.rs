@@ -81,6 +81,16 @@ pub struct StoreConfig {
     /// MiB of the in-memory record cache that serves resolutions (0 =
     /// none). When every record fits, lookups never touch the disk.
     pub read_cache_mb: u64,
+    /// Largest record accepted on every write path, in bytes of its values
+    /// on the wire (at most 253,952, so that every reply fits one Handle
+    /// message).
+    pub max_record_bytes: usize,
+    /// Most writes waiting for the store's writer; past it writes are
+    /// refused at once (HTTP 503, SERVER_TOO_BUSY, RESOURCE_EXHAUSTED).
+    pub max_queued_writes: usize,
+    /// Idempotency keys (gRPC operation ids and the like) are remembered
+    /// for this many changes after their write (0: for ever).
+    pub idempotency_window: u64,
 }
 
 impl Default for StoreConfig {
@@ -89,6 +99,9 @@ impl Default for StoreConfig {
             data_dir: PathBuf::from("idres-data"),
             cache_mb: 16,
             read_cache_mb: 256,
+            max_record_bytes: idres_model::value::MAX_RECORD_BYTES,
+            max_queued_writes: 16_384,
+            idempotency_window: 10_000_000,
         }
     }
 }
@@ -101,10 +114,26 @@ pub struct HandleConfig {
     pub listen: SocketAddr,
     /// UDP worker threads (0 = one per CPU).
     pub udp_workers: usize,
-    /// Most TCP connections at once.
+    /// Most TCP connections at once; when full, the longest-idle one is
+    /// closed to make room.
     pub max_tcp_connections: usize,
-    /// Seconds a TCP connection may stay idle.
+    /// Most TCP connections at once from one address.
+    pub max_tcp_per_address: usize,
+    /// Seconds a TCP connection may stay idle (clients such as ID-SDK
+    /// hold one for hours).
     pub tcp_idle_secs: u64,
+    /// Seconds a client may take to send one message once begun, or to
+    /// take one reply.
+    pub tcp_request_secs: u64,
+    /// Bytes per second of UDP replies one source may draw (0: no limit);
+    /// a reply over budget is not sent and the client retries over TCP.
+    pub udp_rate_bytes: u32,
+    /// Bytes of UDP replies one quiet source may draw at once.
+    pub udp_burst_bytes: u32,
+    /// Prefix length that makes an IPv4 source for the UDP budget.
+    pub source_prefix_v4: u8,
+    /// Prefix length that makes an IPv6 source for the UDP budget.
+    pub source_prefix_v6: u8,
     /// Seconds an authentication challenge may be answered.
     pub challenge_ttl_secs: u64,
     /// Wrong answers for one identity from one address before that address
@@ -119,11 +148,46 @@ impl Default for HandleConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 2641)),
             udp_workers: 0,
-            max_tcp_connections: 1024,
-            tcp_idle_secs: 30,
+            max_tcp_connections: 16_384,
+            max_tcp_per_address: 256,
+            tcp_idle_secs: 3600,
+            tcp_request_secs: 30,
+            udp_rate_bytes: 128 * 1024,
+            udp_burst_bytes: 256 * 1024,
+            source_prefix_v4: 24,
+            source_prefix_v6: 56,
             challenge_ttl_secs: 60,
             max_auth_failures: 10,
             auth_lockout_secs: 600,
+        }
+    }
+}
+
+impl HandleConfig {
+    /// The limits of the TCP listener.
+    pub fn conn_limits(&self) -> idres_net::ConnLimits {
+        idres_net::ConnLimits {
+            max_connections: self.max_tcp_connections.max(1),
+            max_per_address: self.max_tcp_per_address.max(1),
+            idle: std::time::Duration::from_secs(self.tcp_idle_secs.max(1)),
+            request: std::time::Duration::from_secs(self.tcp_request_secs.max(1)),
+            ..idres_net::ConnLimits::default()
+        }
+    }
+
+    /// The byte budget of UDP replies.
+    pub fn udp_budget(&self) -> idres_net::BudgetConfig {
+        idres_net::BudgetConfig {
+            bytes_per_sec: self.udp_rate_bytes,
+            burst_bytes: self.udp_burst_bytes,
+            // A Handle client has no truncation bit: it retries over TCP
+            // after a timeout, so nothing is sent in place of the reply.
+            slip: 0,
+            prefixes: idres_net::Prefixes {
+                v4: self.source_prefix_v4,
+                v6: self.source_prefix_v6,
+            },
+            ..idres_net::BudgetConfig::default()
         }
     }
 }

@@ -30,8 +30,13 @@ pub struct HttpConfig {
     /// CA certificates (PEM): a client certificate they sign authenticates
     /// as the `index:handle` in its CN or UID. Needs TLS.
     pub client_ca: Option<PathBuf>,
-    /// Most connections open at once.
+    /// Most connections open at once; when full, the longest-idle one is
+    /// closed to make room.
     pub max_connections: usize,
+    /// Most connections open at once from one address.
+    pub max_per_address: usize,
+    /// Seconds a client may take to send a request body.
+    pub body_timeout_secs: u64,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// Accepted for configurations of earlier versions, which hashed
@@ -55,6 +60,8 @@ impl Default for HttpConfig {
             tls_key: None,
             client_ca: None,
             max_connections: o.max_connections,
+            max_per_address: o.max_per_address,
+            body_timeout_secs: o.body_timeout.as_secs(),
             max_body_bytes: o.max_body_bytes,
             secret_iterations: None,
             idle_timeout_secs: o.idle_timeout.as_secs(),
@@ -105,6 +112,8 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let options = HttpOptions {
         max_connections: config.max_connections,
+        max_per_address: config.max_per_address,
+        body_timeout: std::time::Duration::from_secs(config.body_timeout_secs.max(1)),
         max_body_bytes: config.max_body_bytes,
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs.max(1)),
         max_auth_failures: config.max_auth_failures,

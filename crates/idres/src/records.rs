@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use idres_model::{json, validate_values, Handle, HandleValue, Oid};
+use idres_model::{json, validate_record, Handle, HandleValue, Oid};
 use idres_store::{Mutation, Store, WriteRequest};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -81,7 +81,9 @@ pub fn parse_record(line: &str, now: u32) -> Result<(Handle, Vec<HandleValue>), 
         Some(v) => json::values_from_json(v, now).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
-    validate_values(&values).map_err(|e| e.to_string())?;
+    // The rules the store's writer applies, early, with the line number.
+    validate_record(&values, idres_model::value::RECORD_BYTES_CEILING)
+        .map_err(|e| e.to_string())?;
     Ok((handle, values))
 }
 

@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use idres_auth::{NodeKey, SecretBox, SecretPolicy};
 use idres_metrics::{Health, Metrics};
 use idres_model::SiteInfo;
-use idres_service::tcp::TcpLimits;
 use idres_service::udp::UdpServer;
 use idres_service::{Auth, Handler, NodeIdentity};
 use idres_store::{SledConfig, SledStore, Store};
@@ -147,6 +146,8 @@ pub fn open_node_store(
     sc.metrics = Arc::default();
     sc.value_policy = Some(Arc::new(SecretPolicy::new(Arc::clone(&secrets))));
     sc.cache_bytes = config.store.cache_mb << 20;
+    sc.max_record_bytes = config.store.max_record_bytes;
+    sc.max_queued_writes = config.store.max_queued_writes;
     sc.read_cache_bytes = if serving {
         usize::try_from(config.store.read_cache_mb << 20).unwrap_or(usize::MAX)
     } else {
@@ -155,6 +156,29 @@ pub fn open_node_store(
     let store = SledStore::open(sc)
         .with_context(|| format!("opening the store in {}", config.store.data_dir.display()))?;
     Ok((Arc::new(store), secrets))
+}
+
+/// Forgets idempotency keys more than `window` changes old, once a minute.
+async fn trim_idempotency(store: Arc<SledStore>, window: u64, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.changed() => return,
+        }
+        let keep_from = store.last_seq().saturating_sub(window);
+        if keep_from == 0 {
+            continue;
+        }
+        let s = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || s.trim_idempotency(keep_from)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::debug!(removed = n, keep_from, "idempotency keys trimmed")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "trimming idempotency keys failed"),
+            Err(e) => tracing::warn!(error = %e, "trimming idempotency keys failed"),
+        }
+    }
 }
 
 /// Runs the node until it is told to stop.
@@ -166,33 +190,6 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(serve(config))
-}
-
-/// Binds UDP workers and a TCP listener on the same address. With port 0,
-/// UDP picks the port and TCP takes the same number.
-fn bind_handle(
-    listen: SocketAddr,
-    workers: usize,
-) -> anyhow::Result<(Vec<std::net::UdpSocket>, std::net::TcpListener)> {
-    let attempts = if listen.port() == 0 { 20 } else { 1 };
-    let mut last_err = None;
-    for _ in 0..attempts {
-        let udp = idres_service::udp::bind(listen, workers)
-            .with_context(|| format!("binding UDP {listen}"))?;
-        let addr = udp
-            .first()
-            .map(std::net::UdpSocket::local_addr)
-            .transpose()?
-            .unwrap_or(listen);
-        match std::net::TcpListener::bind(addr) {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) => last_err = Some(e),
-        }
-    }
-    Err(anyhow::anyhow!(
-        "binding TCP {listen}: {}",
-        last_err.map_or_else(|| "unknown error".to_owned(), |e| e.to_string())
-    ))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -215,7 +212,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let (udp_sockets, tcp_listener) = bind_handle(config.handle.listen, workers)?;
+    let (udp_sockets, tcp_listener) =
+        idres_net::bind::udp_and_tcp(config.handle.listen, workers)
+            .with_context(|| format!("binding the Handle face on {}", config.handle.listen))?;
     let handle_addr = tcp_listener.local_addr()?;
     let advertise = config.node.advertise.unwrap_or(handle_addr);
     let identity = NodeIdentity {
@@ -235,18 +234,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         )
         .with_metrics(&metrics),
     );
-    let udp = UdpServer::start(Arc::clone(&handler), udp_sockets).context("starting UDP")?;
+    let budget = Arc::new(idres_net::ByteBudget::new(config.handle.udp_budget()));
+    let udp =
+        UdpServer::start(Arc::clone(&handler), udp_sockets, budget).context("starting UDP")?;
     tcp_listener.set_nonblocking(true)?;
     let tcp_listener = tokio::net::TcpListener::from_std(tcp_listener)?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let limits = TcpLimits {
-        max_connections: config.handle.max_tcp_connections,
-        idle_timeout: Duration::from_secs(config.handle.tcp_idle_secs),
-    };
+    let tracker = idres_service::tcp::tracker(&handler, config.handle.conn_limits());
     let tcp = tokio::spawn(idres_service::tcp::serve(
         Arc::clone(&handler),
         tcp_listener,
-        limits,
+        tracker,
         stop_rx.clone(),
     ));
     announce("handle", handle_addr);
@@ -279,6 +277,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             idres_grpc::server::Reporting {
                 metrics: Some(Arc::clone(&metrics)),
                 health: Some(Arc::clone(&health)),
+                limits: Some(config.grpc.limits()),
             },
         )
         .await?;
@@ -296,6 +295,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    if config.store.idempotency_window > 0 {
+        tokio::spawn(trim_idempotency(
+            Arc::clone(&store),
+            config.store.idempotency_window,
+            stop_rx.clone(),
+        ));
+    }
     // Without its control socket the node still serves; only online
     // backups need it.
     let control_path = crate::control::socket_path(&config);

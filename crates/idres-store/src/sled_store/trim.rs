@@ -63,6 +63,38 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Forgets the idempotency keys of writes with a sequence number below
+    /// `keep_from`: a client retrying a write older than that window gets
+    /// it applied again. Returns how many keys were removed.
+    pub fn trim_idempotency(&self, keep_from: u64) -> Result<usize, StoreError> {
+        let db = &self.shared.db;
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
+        for item in db.scan_prefix([keys::IDEMPOTENCY]) {
+            let (k, v) = item.map_err(io)?;
+            let seq = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
+            if seq < keep_from {
+                batch.remove(k);
+                pending += 1;
+                removed += 1;
+            }
+            if pending == TRIM_BATCH {
+                db.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+                pending = 0;
+            }
+        }
+        if pending > 0 {
+            db.apply_batch(batch).map_err(io)?;
+        }
+        if removed > 0 {
+            db.flush().map_err(io)?;
+        }
+        Ok(removed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -78,6 +110,35 @@ mod tests {
             }))
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn idempotency_keys_are_kept_for_a_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        let keyed = |i: u32| {
+            store
+                .write(WriteRequest {
+                    mutations: vec![Mutation::Put {
+                        handle: Handle::parse(&format!("0.NA/K{i}")).unwrap(),
+                        values: vec![HandleValue::new(1, "URL", "https://a.example/")],
+                    }],
+                    idempotency_key: Some(format!("key-{i}").into_bytes()),
+                })
+                .unwrap()
+                .unwrap()
+        };
+        for i in 0..10 {
+            keyed(i);
+        }
+        assert_eq!(store.trim_idempotency(6).unwrap(), 5);
+        // A retry inside the window is recognised; one outside is applied
+        // again.
+        let head = store.last_seq();
+        keyed(9);
+        assert_eq!(store.last_seq(), head);
+        keyed(0);
+        assert_eq!(store.last_seq(), head + 1);
     }
 
     #[test]
