@@ -23,6 +23,7 @@
 pub mod audit;
 pub mod challenge;
 pub mod identity;
+pub mod limits;
 pub mod nodekey;
 pub mod policy;
 pub mod pubkey;

@@ -37,6 +37,9 @@ pub enum ServiceError {
     /// Something this node cannot do now.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller is over a limit (its write rate, say).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A bug or corrupt data.
     #[error("internal: {0}")]
     Internal(String),
@@ -60,7 +63,7 @@ impl ServiceError {
             Self::NotFound(_) => Code::NotFound,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
-            Self::Storage(StoreError::Busy) => Code::ResourceExhausted,
+            Self::Storage(StoreError::Busy) | Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Storage(StoreError::Closed | StoreError::WriterFailed(_))
             | Self::Unavailable(_) => Code::Unavailable,
             Self::Storage(_) | Self::Internal(_) => Code::Internal,

@@ -216,7 +216,10 @@ impl RegistryServiceImpl {
             let outcome = if ok { Ok(()) } else { Err(r.message.as_str()) };
             idres_auth::audit::write("grpc", &who, kind.as_str_name(), handle, outcome);
         };
-        match self.prepare(scope, &op, now) {
+        let prepared = idres_auth::limits::check_write(&scope.who(), 1)
+            .map_err(|e| ServiceError::ResourceExhausted(e.to_string()))
+            .and_then(|()| self.prepare(scope, &op, now));
+        match prepared {
             Err(e) => {
                 let r = failure(&op.operation_id, &e);
                 audit(&op.handle, &r);

@@ -98,6 +98,10 @@ async fn write_one(
 ) -> Result<(), ApiError> {
     let op = m.name();
     let who = idres_auth::audit::who(caller);
+    if let Err(e) = idres_auth::limits::check_write(&who, 1) {
+        idres_auth::audit::write("http", &who, op, raw, Err(&e.to_string()));
+        return Err(ApiError::new(ResponseCode::SERVER_TOO_BUSY, e.to_string()).about(raw));
+    }
     let outcome = write(store, PermissionGuard::request(caller, vec![m])).await;
     match outcome {
         Ok(Ok(_)) => {

@@ -302,6 +302,42 @@ pub fn parse_timestamp(s: &str) -> Option<u32> {
     u32::try_from(secs).ok()
 }
 
+/// Reads one line of the JSON Lines import format:
+/// `{"handle": "...", "values": [...]}` or `{"oid": "1.2.156...", ...}`
+/// (an OID's record is the handle `OID/<oid>`), with the rules every
+/// write path applies ([`crate::validate_record`]) checked early so that
+/// the error can name the line.
+pub fn record_from_line(line: &str, now: u32) -> Result<(crate::Handle, Vec<HandleValue>), String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| "a record must be a JSON object".to_owned())?;
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "handle" | "oid" | "values" | "responseCode") {
+            return Err(format!("unknown field {key:?}"));
+        }
+    }
+    let handle = match (obj.get("handle"), obj.get("oid")) {
+        (Some(_), Some(_)) => return Err("give \"handle\" or \"oid\", not both".into()),
+        (Some(Value::String(s)), None) => {
+            crate::Handle::parse(s).map_err(|e| format!("handle: {e}"))?
+        }
+        (None, Some(Value::String(s))) => crate::Oid::parse(s)
+            .map_err(|e| format!("oid: {e}"))?
+            .to_handle(),
+        (Some(_), None) => return Err("handle: must be a string".into()),
+        (None, Some(_)) => return Err("oid: must be a string".into()),
+        (None, None) => return Err("missing \"handle\" or \"oid\"".into()),
+    };
+    let values = match obj.get("values") {
+        Some(v) => values_from_json(v, now).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    crate::validate_record(&values, crate::value::RECORD_BYTES_CEILING)
+        .map_err(|e| e.to_string())?;
+    Ok((handle, values))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

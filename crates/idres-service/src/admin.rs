@@ -497,6 +497,11 @@ fn guarded_write(
     let handle = target.as_deref().unwrap_or("");
     let op_name = op.name().unwrap_or("OTHER");
     let who = idres_auth::audit::who(caller);
+    if let Err(e) = idres_auth::limits::check_write(&who, 1) {
+        let why = e.to_string();
+        idres_auth::audit::write("handle", &who, op_name, handle, Err(&why));
+        return AdminReply::error(op, ResponseCode::SERVER_TOO_BUSY, &why);
+    }
     match store.write(PermissionGuard::request(caller, vec![mutation])) {
         Ok(Ok(_)) => {
             idres_auth::audit::write("handle", &who, op_name, handle, Ok(()));

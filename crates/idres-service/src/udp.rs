@@ -102,7 +102,10 @@ fn worker(handler: &Handler, socket: &UdpSocket, budget: &ByteBudget, stop: &Ato
     let mut buf = [0u8; MAX_DATAGRAM + 1];
     let mut packet = [0u8; MAX_DATAGRAM];
     let mut out = BytesMut::with_capacity(64 * 1024);
-    let mut reassembler: Reassembler<SocketAddr> = Reassembler::new(ReassemblyLimits::default());
+    // Keyed by address, so that each sender's share of partial messages is
+    // bounded whatever ports it sends from.
+    let mut reassembler: Reassembler<std::net::IpAddr> =
+        Reassembler::new(ReassemblyLimits::default());
     while !stop.load(Ordering::Relaxed) {
         let (n, peer) = match socket.recv_from(&mut buf) {
             Ok(r) => r,
@@ -129,7 +132,7 @@ fn worker(handler: &Handler, socket: &UdpSocket, budget: &ByteBudget, stop: &Ato
         }
         let now = unix_now();
         out.clear();
-        let outcome = match reassembler.push(&peer, &buf[..n], Instant::now()) {
+        let outcome = match reassembler.push(&peer.ip(), &buf[..n], Instant::now()) {
             Ok(Assembled::Single(msg)) => {
                 handler.handle_from(msg, now, &mut Peer::new(peer, Transport::Udp), &mut out)
             }

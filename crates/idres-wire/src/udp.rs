@@ -81,6 +81,10 @@ pub struct ReassemblyLimits {
     pub max_pending: usize,
     /// Most bytes held by messages in progress.
     pub max_bytes: usize,
+    /// Most messages in progress from one sender.
+    pub max_pending_per_sender: usize,
+    /// Most bytes held by the messages in progress of one sender.
+    pub max_bytes_per_sender: usize,
     /// How long a message may take to arrive whole.
     pub timeout: Duration,
 }
@@ -90,6 +94,8 @@ impl Default for ReassemblyLimits {
         Self {
             max_pending: 1024,
             max_bytes: 16 << 20,
+            max_pending_per_sender: 16,
+            max_bytes_per_sender: 1 << 20,
             timeout: Duration::from_secs(5),
         }
     }
@@ -142,6 +148,8 @@ pub struct Reassembler<K> {
     limits: ReassemblyLimits,
     pending: HashMap<(K, u32), Partial>,
     bytes: usize,
+    /// Messages and bytes in progress per sender.
+    senders: HashMap<K, (usize, usize)>,
 }
 
 impl<K: Hash + Eq + Clone> Reassembler<K> {
@@ -151,6 +159,17 @@ impl<K: Hash + Eq + Clone> Reassembler<K> {
             limits,
             pending: HashMap::new(),
             bytes: 0,
+            senders: HashMap::new(),
+        }
+    }
+
+    fn release(senders: &mut HashMap<K, (usize, usize)>, from: &K, bytes: usize) {
+        if let Some((n, b)) = senders.get_mut(from) {
+            *n = n.saturating_sub(1);
+            *b = b.saturating_sub(bytes);
+            if *n == 0 {
+                senders.remove(from);
+            }
         }
     }
 
@@ -192,12 +211,18 @@ impl<K: Hash + Eq + Clone> Reassembler<K> {
         self.expire(now);
         let key = (from.clone(), envelope.request_id);
         if !self.pending.contains_key(&key) {
+            let (n, b) = self.senders.get(from).copied().unwrap_or((0, 0));
             if self.pending.len() >= self.limits.max_pending
                 || self.bytes + total > self.limits.max_bytes
+                || n >= self.limits.max_pending_per_sender
+                || b + total > self.limits.max_bytes_per_sender
             {
                 return Err(ReassemblyError::Full);
             }
             self.bytes += total;
+            let share = self.senders.entry(from.clone()).or_insert((0, 0));
+            share.0 += 1;
+            share.1 += total;
             self.pending.insert(
                 key.clone(),
                 Partial {
@@ -228,6 +253,7 @@ impl<K: Hash + Eq + Clone> Reassembler<K> {
             return Ok(Assembled::Pending);
         };
         self.bytes -= p.buf.len();
+        Self::release(&mut self.senders, from, p.buf.len());
         let mut env = p.envelope;
         env.sequence = 0;
         let mut whole = Vec::with_capacity(ENVELOPE_LEN + p.buf.len());
@@ -240,10 +266,12 @@ impl<K: Hash + Eq + Clone> Reassembler<K> {
     pub fn expire(&mut self, now: Instant) {
         let timeout = self.limits.timeout;
         let mut freed = 0;
-        self.pending.retain(|_, p| {
+        let senders = &mut self.senders;
+        self.pending.retain(|(from, _), p| {
             let keep = now.saturating_duration_since(p.started) < timeout;
             if !keep {
                 freed += p.buf.len();
+                Self::release(senders, from, p.buf.len());
             }
             keep
         });

@@ -418,6 +418,7 @@ fn reassembly_is_bounded_and_expires() {
         max_pending: 2,
         max_bytes: 1 << 20,
         timeout: Duration::from_secs(5),
+        ..ReassemblyLimits::default()
     };
     let mut r = Reassembler::new(limits);
     let t0 = Instant::now();
@@ -439,6 +440,40 @@ fn reassembly_is_bounded_and_expires() {
         Assembled::Single(_)
     ));
     assert_eq!(UDP_PAYLOAD, 492);
+}
+
+#[test]
+fn one_sender_has_a_share_of_reassembly() {
+    let full = big_reply(1, 10);
+    let mut d = Datagrams::new(&full).unwrap();
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let len = d.next_into(&mut buf).unwrap();
+    let first = buf[..len].to_vec();
+    let with_id = |id: u32| {
+        let mut p = first.clone();
+        // The request id is bytes 8..12 of the envelope.
+        p[8..12].copy_from_slice(&id.to_be_bytes());
+        p
+    };
+    let limits = ReassemblyLimits {
+        max_pending_per_sender: 3,
+        ..ReassemblyLimits::default()
+    };
+    let mut r = Reassembler::new(limits);
+    let t0 = Instant::now();
+    for id in 0..3 {
+        assert_eq!(r.push(&1, &with_id(id), t0).unwrap(), Assembled::Pending);
+    }
+    // The sender's share is taken; another sender still has room.
+    assert!(r.push(&1, &with_id(3), t0).is_err());
+    assert_eq!(r.push(&2, &with_id(3), t0).unwrap(), Assembled::Pending);
+    // Expired messages give the share back.
+    assert_eq!(
+        r.push(&1, &with_id(4), t0 + Duration::from_secs(6))
+            .unwrap(),
+        Assembled::Pending
+    );
+    assert_eq!(r.pending(), 1);
 }
 
 fn arb_value() -> impl Strategy<Value = HandleValue> {

@@ -50,6 +50,10 @@ pub struct BenchResolveArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Address to send from (any local address, such as another 127.x.y.z
+    /// to play a second source).
+    #[arg(long)]
+    pub bind: Option<std::net::IpAddr>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -103,6 +107,8 @@ struct ThreadResult {
     success: u64,
     not_found: u64,
     other: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
     hist: Option<Histogram<u64>>,
 }
 
@@ -151,10 +157,11 @@ pub fn run(args: &BenchResolveArgs) -> anyhow::Result<()> {
         let duration = args.duration;
         let timeout = args.timeout;
         let window = args.window.max(1);
+        let bind = args.bind;
         let per_thread_rate = rate.map(|r| r / threads as f64);
         joins.push(std::thread::spawn(move || match per_thread_rate {
-            Some(q) => paced_client(t, server, &requests, duration, timeout, q),
-            None => client(t, server, &requests, duration, timeout, window),
+            Some(q) => paced_client(t, server, bind, &requests, duration, timeout, q),
+            None => client(t, server, bind, &requests, duration, timeout, window),
         }));
     }
     let mut total = ThreadResult {
@@ -171,6 +178,8 @@ pub fn run(args: &BenchResolveArgs) -> anyhow::Result<()> {
         total.success += r.success;
         total.not_found += r.not_found;
         total.other += r.other;
+        total.bytes_sent += r.bytes_sent;
+        total.bytes_received += r.bytes_received;
         if let (Some(t), Some(h)) = (total.hist.as_mut(), r.hist.as_ref()) {
             t.add(h).context("merging histograms")?;
         }
@@ -194,6 +203,7 @@ pub fn run(args: &BenchResolveArgs) -> anyhow::Result<()> {
                 "success": total.success, "not_found": total.not_found, "other_rc": total.other,
                 "p50_ms": ms(0.50), "p90_ms": ms(0.90), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
                 "max_ms": hist.max() as f64 / 1e6,
+                "bytes_sent": total.bytes_sent, "bytes_received": total.bytes_received,
             })
         );
     } else {
@@ -226,6 +236,7 @@ fn new_hist() -> anyhow::Result<Histogram<u64>> {
 fn paced_client(
     thread: usize,
     server: SocketAddr,
+    bind: Option<std::net::IpAddr>,
     requests: &[Vec<u8>],
     duration: Duration,
     timeout: Duration,
@@ -233,12 +244,12 @@ fn paced_client(
 ) -> anyhow::Result<ThreadResult> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-    let bind = if server.is_ipv4() {
-        "0.0.0.0:0"
+    let local = bind.unwrap_or(if server.is_ipv4() {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
     } else {
-        "[::]:0"
-    };
-    let socket = UdpSocket::bind(bind)?;
+        std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    });
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
     socket.connect(server)?;
     let receiver_socket = socket.try_clone()?;
     receiver_socket.set_read_timeout(Some(Duration::from_millis(20)))?;
@@ -266,6 +277,7 @@ fn paced_client(
                     Err(_) if done.load(Ordering::Acquire) => break,
                     Err(_) => continue,
                 };
+                r.bytes_received += n as u64;
                 let got = start.elapsed().as_nanos() as u64;
                 let Ok(env) = Envelope::decode(&buf[..n]) else {
                     continue;
@@ -300,6 +312,7 @@ fn paced_client(
     };
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut sent = 0u64;
+    let mut bytes_sent = 0u64;
     let mut pick = (thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut msg = Vec::with_capacity(600);
     let mut id: u32 = (thread as u32).wrapping_mul(0x0100_0000);
@@ -324,8 +337,9 @@ fn paced_client(
             Ordering::Release,
         );
         sent += 1;
-        if socket.send(&msg).is_err() {
-            sent_at[slot].store(0, Ordering::Release);
+        match socket.send(&msg) {
+            Ok(n) => bytes_sent += n as u64,
+            Err(_) => sent_at[slot].store(0, Ordering::Release),
         }
         next += interval;
     }
@@ -336,6 +350,7 @@ fn paced_client(
         .join()
         .map_err(|_| anyhow::anyhow!("the receiver thread panicked"))??;
     r.sent = sent;
+    r.bytes_sent = bytes_sent;
     r.lost = sent.saturating_sub(r.answered);
     Ok(r)
 }
@@ -343,17 +358,18 @@ fn paced_client(
 fn client(
     thread: usize,
     server: SocketAddr,
+    bind: Option<std::net::IpAddr>,
     requests: &[Vec<u8>],
     duration: Duration,
     timeout: Duration,
     window: usize,
 ) -> anyhow::Result<ThreadResult> {
-    let bind = if server.is_ipv4() {
-        "0.0.0.0:0"
+    let local = bind.unwrap_or(if server.is_ipv4() {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
     } else {
-        "[::]:0"
-    };
-    let socket = UdpSocket::bind(bind)?;
+        std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    });
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
     socket.connect(server)?;
     let mut r = ThreadResult {
         hist: Some(new_hist()?),
@@ -393,6 +409,7 @@ fn client(
             request_id: id,
         };
         r.sent += 1;
+        r.bytes_sent += msg.len() as u64;
         if let Err(e) = socket.send(&msg) {
             // A full send buffer or an ICMP error: count the request lost.
             slots[slot].sent_at = None;
@@ -444,6 +461,7 @@ fn client(
             Err(_) => continue,
         };
         let got = Instant::now();
+        r.bytes_received += n as u64;
         let Ok(env) = Envelope::decode(&buf[..n]) else {
             continue;
         };

@@ -53,6 +53,11 @@ pub struct NodeConfig {
     /// The local control socket (`idres backup` talks to it). Defaults to
     /// `control.sock` in the data directory.
     pub control_socket: Option<PathBuf>,
+    /// Write operations a second one identity may make, on every face
+    /// (0: no limit).
+    pub writes_per_sec: u32,
+    /// Write operations one identity may make at once after being quiet.
+    pub write_burst: u32,
 }
 
 impl Default for NodeConfig {
@@ -66,6 +71,8 @@ impl Default for NodeConfig {
             key: None,
             secrets_key: None,
             control_socket: None,
+            writes_per_sec: 50_000,
+            write_burst: 200_000,
         }
     }
 }

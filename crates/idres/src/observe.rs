@@ -127,6 +127,21 @@ pub fn install(
             role: config.node.role.clone(),
         })
         .set(1);
+    {
+        let limited = prometheus_client::metrics::counter::Counter::<u64>::default();
+        metrics.register(
+            "idres_write_rate_limited",
+            "Writes refused by the per-identity write limit, on every face",
+            limited.clone(),
+        );
+        metrics.on_scrape(move || {
+            let now = idres_auth::limits::refused();
+            let seen = limited.get();
+            if now > seen {
+                limited.inc_by(now - seen);
+            }
+        });
+    }
     let certs = CertExpiry::default();
     metrics.register(
         "idres_tls_certificate_expiry_timestamp_seconds",

@@ -17,10 +17,9 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use idres_model::{json, validate_record, Handle, HandleValue, Oid};
+use idres_model::{json, Handle, HandleValue};
 use idres_store::{Mutation, Store, WriteRequest};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
 
 use crate::config::Config;
 use crate::serve::open_store;
@@ -55,36 +54,9 @@ pub struct ExportArgs {
     pub file: Option<PathBuf>,
 }
 
-/// Reads one line of the import format.
+/// Reads one line of the import format ([`json::record_from_line`]).
 pub fn parse_record(line: &str, now: u32) -> Result<(Handle, Vec<HandleValue>), String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| "a record must be a JSON object".to_owned())?;
-    for key in obj.keys() {
-        if !matches!(key.as_str(), "handle" | "oid" | "values" | "responseCode") {
-            return Err(format!("unknown field {key:?}"));
-        }
-    }
-    // An OID's record is the handle OID/<oid> (idres_model::oid).
-    let handle = match (obj.get("handle"), obj.get("oid")) {
-        (Some(_), Some(_)) => return Err("give \"handle\" or \"oid\", not both".into()),
-        (Some(Value::String(s)), None) => Handle::parse(s).map_err(|e| format!("handle: {e}"))?,
-        (None, Some(Value::String(s))) => {
-            Oid::parse(s).map_err(|e| format!("oid: {e}"))?.to_handle()
-        }
-        (Some(_), None) => return Err("handle: must be a string".into()),
-        (None, Some(_)) => return Err("oid: must be a string".into()),
-        (None, None) => return Err("missing \"handle\" or \"oid\"".into()),
-    };
-    let values = match obj.get("values") {
-        Some(v) => json::values_from_json(v, now).map_err(|e| e.to_string())?,
-        None => Vec::new(),
-    };
-    // The rules the store's writer applies, early, with the line number.
-    validate_record(&values, idres_model::value::RECORD_BYTES_CEILING)
-        .map_err(|e| e.to_string())?;
-    Ok((handle, values))
+    json::record_from_line(line, now)
 }
 
 fn progress(total: u64, what: &str) -> ProgressBar {

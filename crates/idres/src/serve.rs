@@ -204,6 +204,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let (store, secrets) = open_node_store(&config, true)?;
     let dyn_store: Arc<dyn Store> = store.clone();
+    idres_auth::limits::configure(config.node.writes_per_sec, config.node.write_burst);
     let metrics = Metrics::new();
     let health = Health::new();
     let certs = crate::observe::install(&metrics, &health, &store, &config);
