@@ -984,6 +984,11 @@ def test_a_login_ends_when_its_key_is_removed(node_with_member):
     # Logging in again fails: the identity holds no key any more.
     again = Client(node, "tcp", auth=member)
     assert again.login_id_system().rc == h.RC_INVALID_ADMIN
+    # A record keeps at least one value, on every write path: removing the
+    # last one is refused (delete the handle instead).
+    r = admin.remove_values(handle_of_member, [1])
+    assert r.rc == h.RC_INVALID_VALUE and "at least one value" in r.message, f"{r} {r.message!r}"
+    assert resolved(node, handle_of_member) == {1: ("DESC", b"a member of the group")}
 
 
 @pytest.fixture(scope="module")
@@ -991,7 +996,8 @@ def node_with_member(tmp_path_factory):
     n = start_node(str(tmp_path_factory.mktemp("member")))
     member, secret = f"{PREFIX}/MEMBER", "member secret"
     c = Client(n, "tcp", auth=admin_auth())
-    r = c.create_handle(member, [h.HandleValue(300, "HS_SECKEY", secret.encode(), perms=0x0C)])
+    r = c.create_handle(member, [text(1, "DESC", "a member of the group"),
+                                 h.HandleValue(300, "HS_SECKEY", secret.encode(), perms=0x0C)])
     assert r.rc == h.RC_SUCCESS, f"{r} {r.message!r}"
     r = anonymous_resolve_group(n)
     value = h.HandleValue(200, "HS_VLIST", h.encode_vlist(r + [h.ValueRef(member, 300)]), perms=0x0E)

@@ -350,11 +350,12 @@ def test_readyz_follows_writer_failure(tmp_path):
         acknowledged = {}
         failed = None
         deadline = time.monotonic() + 40
-        for i in range(400):
+        for i in range(800):
             if time.monotonic() > deadline:
                 break
             handle = f"{PREFIX}/BIG{i:04}"
-            value = f"https://example.cn/{i}/" + f"{i:04}" * 50_000  # ~200 kB
+            # ~100 kB, under the default max_record_bytes (131072)
+            value = f"https://example.cn/{i}/" + f"{i:04}" * 25_000
             r = put(base, handle, [url_value(value)])
             if r.status_code in (200, 201):
                 acknowledged[handle] = value
