@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --- clients and tools the tests use -------------------------------------
-apt_packages=(bc dnsutils chromium chromium-driver prometheus systemd)
+apt_packages=(bc dnsutils iproute2 chromium chromium-driver prometheus systemd)
 # Debian's kubectl, unless one is already on the PATH (the manifests render
 # with its kustomize and with current ones).
 command -v kubectl > /dev/null || apt_packages+=(kubernetes-client)
@@ -28,6 +28,9 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked
+
+# --- fuzz targets: they build, and a short run of each finds nothing --------
+bash fuzz/run.sh
 
 # --- Python clients against the real binary -------------------------------
 export IDRES_BIN="$PWD/target/debug/idres"

@@ -12,6 +12,8 @@ fuzz_target!(|data: &[u8]| {
         max_pending: 4,
         max_bytes: 64 * 1024,
         timeout: Duration::from_millis(50),
+        max_pending_per_sender: 2,
+        max_bytes_per_sender: 32 * 1024,
     };
     let mut r: Reassembler<u8> = Reassembler::new(limits);
     let start = Instant::now();
