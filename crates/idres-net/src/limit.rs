@@ -133,6 +133,17 @@ impl ByteBudget {
         }
     }
 
+    /// Whether `ip`'s source has spent its budget already (it is charged
+    /// one byte for asking): a face can skip the work of answering a source
+    /// that floods it.
+    pub fn spent(&self, ip: IpAddr) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return false;
+        };
+        let key = self.config.prefixes.key(ip);
+        !matches!(limiter.check_key_n(&key, NonZeroU32::MIN), Ok(Ok(())))
+    }
+
     /// Replies refused so far (slipped or dropped).
     pub fn limited(&self) -> u64 {
         self.limited.load(Ordering::Relaxed)
@@ -252,6 +263,20 @@ mod tests {
         assert_eq!(b.charge(ip("192.0.2.200"), 1000), Verdict::Drop);
         assert_eq!(b.charge(ip("198.51.100.1"), 1000), Verdict::Send);
         assert!(b.limited() >= 89);
+    }
+
+    #[test]
+    fn a_spent_source_is_told_before_the_work() {
+        let b = ByteBudget::new(BudgetConfig {
+            bytes_per_sec: 1000,
+            burst_bytes: 1000,
+            slip: 0,
+            ..BudgetConfig::default()
+        });
+        assert!(!b.spent(ip("192.0.2.1")));
+        assert_eq!(b.charge(ip("192.0.2.1"), 990), Verdict::Send);
+        assert!(b.spent(ip("192.0.2.1")));
+        assert!(!b.spent(ip("198.51.100.1")));
     }
 
     #[test]

@@ -130,6 +130,13 @@ fn worker(handler: &Handler, socket: &UdpSocket, budget: &ByteBudget, stop: &Ato
             }
             continue;
         }
+        // A source that spent its budget gets nothing: skip the work.
+        if budget.spent(peer.ip()) {
+            if let Some(f) = handler.face_metrics(Transport::Udp) {
+                f.rate_limited();
+            }
+            continue;
+        }
         let now = unix_now();
         out.clear();
         let outcome = match reassembler.push(&peer.ip(), &buf[..n], Instant::now()) {
