@@ -267,14 +267,17 @@ mod tests {
 
     #[test]
     fn a_spent_source_is_told_before_the_work() {
+        // Slow refill (a byte per 100 ms), so the test sees the bucket as
+        // it left it.
         let b = ByteBudget::new(BudgetConfig {
-            bytes_per_sec: 1000,
+            bytes_per_sec: 10,
             burst_bytes: 1000,
             slip: 0,
             ..BudgetConfig::default()
         });
+        // Asking costs one byte; the reply takes the rest.
         assert!(!b.spent(ip("192.0.2.1")));
-        assert_eq!(b.charge(ip("192.0.2.1"), 990), Verdict::Send);
+        assert_eq!(b.charge(ip("192.0.2.1"), 999), Verdict::Send);
         assert!(b.spent(ip("192.0.2.1")));
         assert!(!b.spent(ip("198.51.100.1")));
     }
