@@ -64,7 +64,9 @@ impl ServiceError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Storage(StoreError::Busy) | Self::ResourceExhausted(_) => Code::ResourceExhausted,
-            Self::Storage(StoreError::Closed | StoreError::WriterFailed(_))
+            Self::Storage(
+                StoreError::Closed | StoreError::WriterFailed(_) | StoreError::OutcomeUnknown(_),
+            )
             | Self::Unavailable(_) => Code::Unavailable,
             Self::Storage(_) | Self::Internal(_) => Code::Internal,
         }

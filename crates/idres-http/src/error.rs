@@ -76,6 +76,9 @@ impl ApiError {
     /// The store failed (rc 2, 500); the details go to the log only.
     pub fn storage(e: &StoreError) -> Self {
         tracing::error!(error = %e, "store failure while serving HTTP");
+        if matches!(e, StoreError::OutcomeUnknown(_) | StoreError::Busy) {
+            return Self::new(ResponseCode::SERVER_TOO_BUSY, e.to_string());
+        }
         if e.is_unavailable() {
             return Self::new(
                 ResponseCode::SERVER_TOO_BUSY,

@@ -515,6 +515,12 @@ fn guarded_write(
         Err(e) => {
             let why = e.to_string();
             idres_auth::audit::write("handle", &who, op_name, handle, Err(&why));
+            if matches!(
+                e,
+                idres_store::StoreError::OutcomeUnknown(_) | idres_store::StoreError::Busy
+            ) {
+                return AdminReply::error(op, ResponseCode::SERVER_TOO_BUSY, &why);
+            }
             if e.is_unavailable() {
                 return AdminReply::error(
                     op,

@@ -66,6 +66,11 @@ pub enum StoreError {
     /// writes until it is reopened.
     #[error("the store refuses writes since a write failed ({0}); restart the node once the cause is fixed")]
     WriterFailed(String),
+    /// The disk failed while the write was being stored: it may or may not
+    /// be there. The store refuses writes until it is reopened; after that
+    /// the write is present exactly when the change log lists it.
+    #[error("the disk failed while the write was stored ({0}): it may or may not have been kept; once the node is restarted it is present exactly when the change log lists it")]
+    OutcomeUnknown(String),
     /// The writer's queue is full: the disk is slower than the writes.
     #[error("the store's write queue is full; try again shortly")]
     Busy,
@@ -78,7 +83,10 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Closed | StoreError::WriterFailed(_) | StoreError::Busy
+            StoreError::Closed
+                | StoreError::WriterFailed(_)
+                | StoreError::Busy
+                | StoreError::OutcomeUnknown(_)
         )
     }
 }

@@ -508,7 +508,10 @@ fn writer_loop(shared: &Shared, jobs: &Receiver<Job>, max_group: usize) {
                 }
                 shared.metrics.writer_failed.set(1);
                 for done in callbacks {
-                    done(Err(StoreError::WriterFailed(msg.clone())));
+                    done(Err(match &e {
+                        StoreError::OutcomeUnknown(why) => StoreError::OutcomeUnknown(why.clone()),
+                        _ => StoreError::WriterFailed(msg.clone()),
+                    }));
                 }
             }
         }
@@ -1060,14 +1063,25 @@ fn commit_group_tapped(
         // sled applies a batch under one lock and copies leaves per key;
         // several batches of a few hundred keys cost less than one of
         // thousands, and one flush still covers them all.
-        for batch in std::mem::take(&mut group.sealed) {
-            shared.db.apply_batch(batch).map_err(io)?;
+        // Until the first batch is applied nothing of the group is in the
+        // database, and a failure means the group failed. After that, part
+        // or all of it may be there (and may be durable whatever the
+        // flush said), so the callers are told the outcome is unknown,
+        // never that their write failed; each batch carries its own
+        // change-log run, so after a restart a write is present exactly
+        // when the change log lists it.
+        let unknown = |e: sled::Error| StoreError::OutcomeUnknown(e.to_string());
+        for (i, batch) in std::mem::take(&mut group.sealed).into_iter().enumerate() {
+            shared
+                .db
+                .apply_batch(batch)
+                .map_err(|e| if i == 0 { io(e) } else { unknown(e) })?;
         }
         for (key, bytes) in &group.overlay {
             shared.cache.set(key, bytes.as_deref());
         }
         let flush_started = std::time::Instant::now();
-        shared.db.flush().map_err(io)?;
+        shared.db.flush().map_err(unknown)?;
         let m = &shared.metrics;
         m.flush_seconds
             .observe(flush_started.elapsed().as_secs_f64());
