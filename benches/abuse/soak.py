@@ -51,7 +51,9 @@ def start(name, args, config=""):
     os.makedirs(d)
     cfg = os.path.join(d, "idres.toml")
     with open(cfg, "w") as f:
-        f.write("[handle]\nudp_rate_bytes = 0\n" + config)
+        # Retention bounded as a long-running node would have it, so that
+        # the data, and with it the memory, should stay level.
+        f.write("[handle]\nudp_rate_bytes = 0\n[store]\nidempotency_window = 20000\n" + config)
     log = open(os.path.join(d, "serve.log"), "w")
     p = subprocess.Popen([IDRES, "serve", "--config", cfg, "--data-dir", os.path.join(d, "data"), *args],
                          stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "IDRES_LOG": "warn"})
@@ -82,10 +84,10 @@ def main():
     pb = stubs()
     gport = free_port()
     top, tf = start("top", ["--handle-listen", "127.0.0.1:0", "--grpc-listen", f"127.0.0.1:{gport}",
-                            "--grpc-dev-plaintext"])
+                            "--grpc-dev-plaintext"], "[grpc]\nkeep_changes = 20000\n")
     mirror, mf = start("mirror", ["--role", "mirror", "--upstream", f"http://127.0.0.1:{gport}",
                                   "--handle-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
-                                  "--grpc-dev-plaintext"], '[grpc]\nupstream_dev_peer = "operator:mirror"\n')
+                                  "--grpc-dev-plaintext"], '[grpc]\nupstream_dev_peer = "operator:mirror"\nkeep_changes = 20000\n')
     stop = threading.Event()
     counts = {"registered": 0, "resolved_udp": 0, "resolved_tcp": 0, "errors": 0}
     handles = []
@@ -133,7 +135,8 @@ def main():
     threads += [threading.Thread(target=resolve, args=(t,), daemon=True) for t in ("udp", "tcp")]
     for t in threads:
         t.start()
-    warm = min(60, SECS // 10)
+    # Past the retention limits (20,000 changes at about 200 a second).
+    warm = min(180, SECS // 10)
     time.sleep(warm)
     start_top, start_mirror = sample(top.pid), sample(mirror.pid)
     print(f"after {warm} s warm-up: top rss={start_top[0]} kB fds={start_top[1]}; "

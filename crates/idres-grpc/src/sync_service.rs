@@ -24,6 +24,9 @@ use crate::registry::Caller;
 const DEFAULT_BATCH: usize = 1024;
 /// Most entries per batch.
 const MAX_BATCH: usize = 8192;
+/// Most bytes of records in one batch, under the 4 MiB a gRPC peer takes
+/// by default: a batch ends early rather than grow past it.
+pub const MAX_BATCH_BYTES: usize = 3 << 20;
 /// How often a caught-up subscription looks for new changes.
 const POLL: Duration = Duration::from_millis(20);
 /// How often a follower that is caught up is told so (an empty batch), so
@@ -298,6 +301,8 @@ fn snapshot(
             let full = page.len() == batch;
             let mut entries = Vec::with_capacity(page.len());
             let mut ended = !full;
+            let mut bytes = 0usize;
+            let mut cut = None;
             for (key, rec) in page.iter() {
                 match ranges::position(&prefix, key) {
                     Position::Before => continue,
@@ -307,15 +312,25 @@ fn snapshot(
                     }
                     Position::Inside => {}
                 }
+                let values = rec.encoded_values().to_vec();
+                bytes += values.len() + key.len() + 16;
                 entries.push(pb::SyncEntry {
                     seq: 0,
                     handle: key.clone(),
                     deleted: false,
-                    values: rec.encoded_values().to_vec(),
+                    values,
                     time: 0,
                 });
+                if bytes >= MAX_BATCH_BYTES {
+                    // The rest of the page comes in the next batch.
+                    cut = Some(key.clone());
+                    ended = false;
+                    break;
+                }
             }
-            after = page.last().map(|(k, _)| k.clone()).or(after);
+            after = cut
+                .or_else(|| page.last().map(|(k, _)| k.clone()))
+                .or(after);
             let after_key = entries.last().map(|e| e.handle.clone()).unwrap_or_default();
             let progress = pb::SnapshotProgress {
                 snapshot_seq,
@@ -420,11 +435,20 @@ fn produce(
             last_of.insert(c.handle.as_str(), i);
         }
         let mut entries = Vec::with_capacity(changes.len());
+        let mut through = through;
+        let mut bytes = 0usize;
         for (i, c) in changes.iter().enumerate() {
+            if bytes >= MAX_BATCH_BYTES {
+                // Bounded in bytes: this batch covers the changes before
+                // this one; the next starts here.
+                through = c.seq - 1;
+                break;
+            }
             if !filter.matches(&c.handle) || last_of.get(c.handle.as_str()) != Some(&i) {
                 continue;
             }
             let current = store.get(&c.handle)?;
+            bytes += current.as_ref().map_or(0, |r| r.encoded_values().len()) + c.handle.len() + 24;
             entries.push(match current {
                 Some(rec) => pb::SyncEntry {
                     seq: c.seq,

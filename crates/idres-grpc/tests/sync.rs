@@ -334,3 +334,65 @@ fn mirror_cursor(store: &SledStore, url: &str) -> u64 {
         .unwrap()
         .from_seq
 }
+
+#[tokio::test]
+async fn sync_batches_stay_under_a_peers_default_message_limit() {
+    // 60 records of about 100 kB: 6 MB of records, past the 4 MiB a
+    // client decodes by default (the clients here keep tonic's default).
+    let pki = Pki::new();
+    let top = Server::start(&pki, Role::Top).await;
+    let mut opc = Clients::new(
+        top.channel(&pki, &pki.ca.issue_operator("alice").unwrap())
+            .await,
+    );
+    let n1 = pki.ca.issue_node("node-1").unwrap();
+    let mut node = Clients::new(top.channel(&pki, &n1).await);
+    active_node(&mut node, &mut opc, "88.118.8", 2641).await;
+    let big = "x".repeat(100_000);
+    let ops: Vec<pb::Operation> = (0..60)
+        .map(|i| {
+            op(
+                &format!("big{i}"),
+                OperationKind::Upsert,
+                &format!("88.118.8/BIG{i:03}"),
+                vec![url_value(
+                    1,
+                    &format!("https://factory.example.cn/{i}/{big}"),
+                )],
+            )
+        })
+        .collect();
+    for chunk in ops.chunks(20) {
+        node.registry
+            .register_stream(tokio_stream::iter(chunk.to_vec()))
+            .await
+            .unwrap();
+    }
+    for from_seq in [0, 1] {
+        let mut s = opc
+            .sync
+            .subscribe(pb::SubscribeRequest {
+                from_seq,
+                prefixes: vec!["88.118.8".into()],
+                batch_size: 4096,
+                stop_when_caught_up: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (mut got, mut batches) = (std::collections::BTreeSet::new(), 0);
+        while let Some(b) = tokio_stream::StreamExt::next(&mut s).await {
+            let b = b.unwrap_or_else(|e| panic!("from_seq {from_seq}: a batch was refused: {e}"));
+            batches += 1;
+            for e in b.entries {
+                if e.handle.contains("/BIG") {
+                    got.insert(e.handle);
+                }
+            }
+        }
+        assert_eq!(got.len(), 60, "from_seq {from_seq}");
+        assert!(batches >= 2, "from_seq {from_seq}: {batches} batches");
+    }
+    top.stop().await;
+}
