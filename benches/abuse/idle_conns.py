@@ -9,7 +9,6 @@ Usage: idle_conns.py IDRES HOST:PORT HANDLE N EXTRA PER_ADDRESS
 """
 import json
 import resource
-import select
 import socket
 import subprocess
 import sys
@@ -47,13 +46,13 @@ def resolve_rounds(rounds):
 def closed(conns):
     gone = 0
     for s in conns:
-        r, _, _ = select.select([s], [], [], 0)
-        if r:
-            try:
-                if s.recv(1) == b"":
-                    gone += 1
-            except OSError:
+        try:
+            if s.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
                 gone += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            gone += 1
     return gone
 
 
