@@ -115,27 +115,23 @@ impl Default for DnsConfig {
 impl DnsConfig {
     /// The limits of the TCP listener.
     pub fn conn_limits(&self) -> idres_net::ConnLimits {
-        idres_net::ConnLimits {
-            max_connections: self.max_tcp_connections.max(1),
-            max_per_address: self.max_tcp_per_address.max(1),
-            idle: std::time::Duration::from_secs(self.tcp_idle_secs.max(1)),
-            request: std::time::Duration::from_secs(self.tcp_request_secs.max(1)),
-            ..idres_net::ConnLimits::default()
-        }
+        idres_net::ConnLimits::tcp(
+            self.max_tcp_connections,
+            self.max_tcp_per_address,
+            self.tcp_idle_secs,
+            self.tcp_request_secs,
+        )
     }
 
     /// The response-rate limit of UDP.
     pub fn rrl(&self) -> idres_net::BudgetConfig {
-        idres_net::BudgetConfig {
-            bytes_per_sec: self.rrl_rate_bytes,
-            burst_bytes: self.rrl_burst_bytes,
-            slip: self.rrl_slip,
-            prefixes: idres_net::Prefixes {
-                v4: self.source_prefix_v4,
-                v6: self.source_prefix_v6,
-            },
-            ..idres_net::BudgetConfig::default()
-        }
+        idres_net::BudgetConfig::per_source(
+            self.rrl_rate_bytes,
+            self.rrl_burst_bytes,
+            self.rrl_slip,
+            self.source_prefix_v4,
+            self.source_prefix_v6,
+        )
     }
 }
 

@@ -213,11 +213,8 @@ pub fn start(
         listener.set_nonblocking(true).map_err(io)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(io)?;
         tcp_addr = Some(listener.local_addr().map_err(io)?);
-        let report = metrics.map(|m| {
-            let face = m.face("dns_tcp");
-            Arc::new(move |what: &'static str| face.dropped(what)) as idres_net::conn::Reporter
-        });
-        let tracker = idres_net::Tracker::with_reporter(config.conn_limits(), report);
+        let tracker =
+            idres_net::Tracker::for_face(config.conn_limits(), metrics.map(|m| m.face("dns_tcp")));
         tasks.push(tokio::spawn(tcp::serve(
             Arc::clone(&authority),
             listener,

@@ -174,13 +174,7 @@ pub async fn serve_reporting(
     });
     let limits = reporting.limits.unwrap_or_default();
     let face = reporting.metrics.unwrap_or_default().face("grpc");
-    let report_face = face.clone();
-    let tracker = idres_net::Tracker::with_reporter(
-        limits.conns,
-        Some(Arc::new(move |what: &'static str| {
-            report_face.dropped(what)
-        })),
-    );
+    let tracker = idres_net::Tracker::for_face(limits.conns, Some(face.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -75,9 +75,7 @@ pub async fn serve_reloadable(
 ) {
     let router = crate::router(Arc::clone(&app));
     let options = app.options().clone();
-    let face = app.metrics().face("http");
-    let report: idres_net::conn::Reporter = Arc::new(move |what: &'static str| face.dropped(what));
-    let tracker = Tracker::with_reporter(
+    let tracker = Tracker::for_face(
         idres_net::ConnLimits {
             max_connections: options.max_connections.max(1),
             max_per_address: options.max_per_address.max(1),
@@ -85,7 +83,7 @@ pub async fn serve_reloadable(
             handshake: options.handshake_timeout,
             request: options.body_timeout,
         },
-        Some(report),
+        Some(app.metrics().face("http")),
     );
     let mut tasks = JoinSet::new();
     loop {

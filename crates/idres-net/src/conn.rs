@@ -54,6 +54,25 @@ impl Default for ConnLimits {
     }
 }
 
+impl ConnLimits {
+    /// The limits of a TCP listener as its configuration gives them, in
+    /// seconds (zeros taken as the smallest value that means anything).
+    pub fn tcp(
+        max_connections: usize,
+        max_per_address: usize,
+        idle_secs: u64,
+        request_secs: u64,
+    ) -> Self {
+        Self {
+            max_connections: max_connections.max(1),
+            max_per_address: max_per_address.max(1),
+            idle: Duration::from_secs(idle_secs.max(1)),
+            request: Duration::from_secs(request_secs.max(1)),
+            ..Self::default()
+        }
+    }
+}
+
 /// When a connection was last used and whether a request is in progress.
 #[derive(Debug)]
 pub struct Activity {
@@ -184,6 +203,13 @@ impl Tracker {
     /// A tracker enforcing `limits`.
     pub fn new(limits: ConnLimits) -> Arc<Self> {
         Self::with_reporter(limits, None)
+    }
+
+    /// A tracker that counts every eviction and refusal as a drop of
+    /// `face` (`idres_dropped_total{face, reason}`).
+    pub fn for_face(limits: ConnLimits, face: Option<idres_metrics::FaceMetrics>) -> Arc<Self> {
+        let report = face.map(|f| Arc::new(move |what: &'static str| f.dropped(what)) as Reporter);
+        Self::with_reporter(limits, report)
     }
 
     /// A tracker that tells `report` of every eviction and refusal.

@@ -53,6 +53,20 @@ impl Default for BudgetConfig {
     }
 }
 
+impl BudgetConfig {
+    /// A budget of `bytes_per_sec` with bursts of `burst_bytes` per source,
+    /// sources being /`v4` and /`v6` networks, with the given `slip`.
+    pub fn per_source(bytes_per_sec: u32, burst_bytes: u32, slip: u32, v4: u8, v6: u8) -> Self {
+        Self {
+            bytes_per_sec,
+            burst_bytes,
+            slip,
+            prefixes: Prefixes { v4, v6 },
+            ..Self::default()
+        }
+    }
+}
+
 /// What to do with a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -25,11 +25,7 @@ use crate::unix_now;
 /// The tracker of the Handle TCP face, reporting evictions and refusals as
 /// drops of face `handle_tcp`.
 pub fn tracker(handler: &Handler, limits: ConnLimits) -> Arc<Tracker> {
-    let report = handler.face_metrics(Transport::Tcp).map(|f| {
-        let f = f.clone();
-        Arc::new(move |what: &'static str| f.dropped(what)) as idres_net::conn::Reporter
-    });
-    Tracker::with_reporter(limits, report)
+    Tracker::for_face(limits, handler.face_metrics(Transport::Tcp).cloned())
 }
 
 /// Accepts connections on `listener` until `shutdown` turns true.

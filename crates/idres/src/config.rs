@@ -173,29 +173,25 @@ impl Default for HandleConfig {
 impl HandleConfig {
     /// The limits of the TCP listener.
     pub fn conn_limits(&self) -> idres_net::ConnLimits {
-        idres_net::ConnLimits {
-            max_connections: self.max_tcp_connections.max(1),
-            max_per_address: self.max_tcp_per_address.max(1),
-            idle: std::time::Duration::from_secs(self.tcp_idle_secs.max(1)),
-            request: std::time::Duration::from_secs(self.tcp_request_secs.max(1)),
-            ..idres_net::ConnLimits::default()
-        }
+        idres_net::ConnLimits::tcp(
+            self.max_tcp_connections,
+            self.max_tcp_per_address,
+            self.tcp_idle_secs,
+            self.tcp_request_secs,
+        )
     }
 
-    /// The byte budget of UDP replies.
+    /// The byte budget of UDP replies. A Handle client has no truncation
+    /// bit: it retries over TCP after a timeout, so nothing is sent in
+    /// place of a reply over budget (no slip).
     pub fn udp_budget(&self) -> idres_net::BudgetConfig {
-        idres_net::BudgetConfig {
-            bytes_per_sec: self.udp_rate_bytes,
-            burst_bytes: self.udp_burst_bytes,
-            // A Handle client has no truncation bit: it retries over TCP
-            // after a timeout, so nothing is sent in place of the reply.
-            slip: 0,
-            prefixes: idres_net::Prefixes {
-                v4: self.source_prefix_v4,
-                v6: self.source_prefix_v6,
-            },
-            ..idres_net::BudgetConfig::default()
-        }
+        idres_net::BudgetConfig::per_source(
+            self.udp_rate_bytes,
+            self.udp_burst_bytes,
+            0,
+            self.source_prefix_v4,
+            self.source_prefix_v6,
+        )
     }
 }
 
