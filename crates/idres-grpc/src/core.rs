@@ -53,6 +53,8 @@ pub struct Core {
     pub registry: NodeRegistry,
     /// This node's role.
     pub role: Role,
+    /// The identifier schemes Resolve reads identifiers with.
+    pub schemes: idres_schemes::Schemes,
 }
 
 /// What a caller may read.
@@ -72,6 +74,7 @@ impl Core {
             store,
             registry,
             role,
+            schemes: idres_schemes::Schemes::default(),
         }))
     }
 

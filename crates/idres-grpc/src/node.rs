@@ -341,7 +341,12 @@ pub async fn start_reporting(
     stop: watch::Receiver<bool>,
     reporting: Reporting,
 ) -> Result<GrpcFace, StartError> {
-    let core = Core::new(Arc::clone(&store), role)?;
+    let mut core = Core::new(Arc::clone(&store), role)?;
+    if let Some(s) = &reporting.schemes {
+        if let Some(c) = Arc::get_mut(&mut core) {
+            c.schemes = s.clone();
+        }
+    }
     match config.withdrawn_prefixes.as_str() {
         "" | "escrow" => core.registry.set_refuse_withdrawn(false),
         "refuse" => core.registry.set_refuse_withdrawn(true),

@@ -48,9 +48,23 @@ fn record(
     types: &[String],
     indexes: &[u32],
 ) -> ServiceResult<Option<pb::Record>> {
-    let handle = Handle::parse(raw).map_err(|e| ServiceError::invalid("handle", e))?;
-    let Some(bytes) = core.store.get(handle.key())? else {
-        return Ok(None);
+    // An identifier of any scheme: a handle directly, any other through
+    // the link index.
+    let read = idres_service::linked::read(&core.schemes, raw)
+        .map_err(|e| ServiceError::invalid("handle", e))?;
+    let (handle, bytes) = if read.scheme == "handle" {
+        let handle = Handle::parse(raw).map_err(|e| ServiceError::invalid("handle", e))?;
+        let Some(bytes) = core.store.get(handle.key())? else {
+            return Ok(None);
+        };
+        (handle, bytes)
+    } else {
+        let Some(found) = idres_service::linked::find(&*core.store, &read)? else {
+            return Ok(None);
+        };
+        let handle = Handle::parse(&found.handle)
+            .map_err(|e| ServiceError::Internal(format!("linked handle {}: {e}", found.handle)))?;
+        (handle, found.record)
     };
     let values = bytes
         .values()

@@ -73,6 +73,9 @@ pub struct Reporting {
     pub health: Option<Arc<idres_metrics::Health>>,
     /// Connection limits (defaults when `None`).
     pub limits: Option<Limits>,
+    /// The identifier schemes Resolve reads identifiers with (defaults
+    /// when `None`).
+    pub schemes: Option<idres_schemes::Schemes>,
 }
 
 /// Bounds of the gRPC face.

@@ -85,6 +85,7 @@ async fn metrics_count_calls_by_method_and_status() {
         metrics: Some(Arc::clone(&metrics)),
         health: None,
         limits: None,
+        schemes: None,
     };
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(idres_grpc::server::serve_reporting(

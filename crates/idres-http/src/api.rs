@@ -678,6 +678,79 @@ pub async fn list_prefixes(State(app): State<Arc<App>>, uri: Uri) -> Response {
     })())
 }
 
+// ---------------------------------------------------------------- any scheme
+
+/// `GET /api/resolve?id=ID`: an identifier of any scheme (handle, OID,
+/// GTIN, Digital Link, EPC URN, Ecode, NIoT, configured schemes), read by
+/// the node's schemes and resolved through the link index; the answer says
+/// which scheme it was read as and which record and level it reached.
+pub async fn resolve_any(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    respond(resolve_any_inner(&app, &parts).await)
+}
+
+async fn resolve_any_inner(app: &App, parts: &Parts) -> Result<Response, ApiError> {
+    let q = Query::parse(parts.uri.query());
+    let pretty = q.flag("pretty")?.unwrap_or(false);
+    let id = q.first("id").ok_or_else(|| {
+        ApiError::new(
+            ResponseCode::INVALID_HANDLE,
+            "the query parameter id is required (an identifier of any scheme)",
+        )
+    })?;
+    let (status, body) = any_json(app, id, &q, &parts.headers, conn_of(parts).as_ref()).await?;
+    Ok(json_response(status, &body, pretty))
+}
+
+/// The JSON answer for an identifier of any scheme: the record's answer
+/// (as `/api/handles/` gives it) with `id`, `scheme`, `form`,
+/// `canonical`, `level` and `exact`.
+pub(crate) async fn any_json(
+    app: &App,
+    id: &str,
+    q: &Query,
+    headers: &HeaderMap,
+    conn: Option<&ConnInfo>,
+) -> Result<(StatusCode, Value), ApiError> {
+    let schemes = app.handler.schemes();
+    let r = schemes
+        .recognise(id)
+        .map_err(|e| ApiError::new(ResponseCode::INVALID_HANDLE, e.to_string()).about(id))?;
+    let found = idres_service::linked::find(&**app.store(), &r)
+        .map_err(|e| ApiError::storage(&e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                ResponseCode::HANDLE_NOT_FOUND,
+                format!(
+                    "read as {} ({}) {}: no record is linked to it or to a level above it",
+                    r.scheme, r.form, r.canonical
+                ),
+            )
+            .about(id)
+        })?;
+    let (status, mut body) = resolve_json(app, &found.handle, q, headers, conn).await?;
+    if let Value::Object(m) = &mut body {
+        m.insert("id".into(), json!(id));
+        m.insert("scheme".into(), json!(r.scheme));
+        m.insert("form".into(), json!(r.form));
+        m.insert("canonical".into(), json!(r.canonical));
+        m.insert(
+            "level".into(),
+            json!(found
+                .level
+                .as_ref()
+                .map(|l| l.name.as_str())
+                .unwrap_or("handle")),
+        );
+        m.insert("exact".into(), json!(found.exact));
+        m.insert(
+            "levels".into(),
+            json!(r.levels.iter().map(|l| l.name.as_str()).collect::<Vec<_>>()),
+        );
+    }
+    Ok((status, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

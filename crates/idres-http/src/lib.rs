@@ -183,6 +183,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(api::delete_handle),
         )
         .route("/api/prefixes", get(api::list_prefixes))
+        .route("/api/resolve", get(api::resolve_any))
         .route("/api/openapi.json", get(openapi::document))
         .route("/hrls/handles", get(hrls::search))
         .route("/hrls/handles/", get(hrls::search))

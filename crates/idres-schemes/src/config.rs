@@ -75,8 +75,9 @@ pub struct SchemesConfig {
     /// NIoT rules.
     #[serde(default)]
     pub niot: Vec<niot::RuleConfig>,
-    /// Schemes given by name and pattern.
-    #[serde(default)]
+    /// Schemes given by name and pattern (default: CID, see
+    /// [`default_custom`]).
+    #[serde(default = "default_custom")]
     pub custom: Vec<CustomScheme>,
     /// Schemes whose link keys several records may claim (otherwise a
     /// second claim is refused).
@@ -90,15 +91,21 @@ impl Default for SchemesConfig {
             gs1: Gs1Config::default(),
             ecode: Vec::new(),
             niot: Vec::new(),
-            custom: vec![CustomScheme {
-                name: "cid".into(),
-                pattern: "(?i)CID[:.]?[0-9A-Z]{4,64}".into(),
-                canonical: Canonical::Upper,
-                template: None,
-            }],
+            custom: default_custom(),
             shared_links: Vec::new(),
         }
     }
+}
+
+/// The default configured schemes: CID, written `CID` (or `CID:`,
+/// `CID.`) and 4 to 64 letters or digits, canonical `CID` + upper case.
+pub fn default_custom() -> Vec<CustomScheme> {
+    vec![CustomScheme {
+        name: "cid".into(),
+        pattern: "(?i)CID[:.]?([0-9A-Z]{4,64})".into(),
+        canonical: Canonical::Upper,
+        template: Some("CID$1".into()),
+    }]
 }
 
 /// A configured scheme ready for use.
@@ -192,6 +199,7 @@ impl SchemesConfig {
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
+            fingerprint: format!("{self:?}"),
         })
     }
 }

@@ -121,6 +121,7 @@ struct Inner {
     niot: niot::Rules,
     custom: Vec<config::Compiled>,
     shared: Vec<String>,
+    fingerprint: String,
 }
 
 impl Default for Schemes {
@@ -158,6 +159,12 @@ impl Schemes {
     /// The GS1 scheme.
     pub fn gs1(&self) -> &Gs1 {
         &self.inner.gs1
+    }
+
+    /// A text that changes whenever the configuration that decides link
+    /// keys changes (the store rebuilds its link index then).
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
     }
 
     /// Names of the configured schemes (`cid`, …).
@@ -245,7 +252,11 @@ impl Schemes {
     }
 
     fn custom(&self, c: &config::Compiled, s: &str) -> Result<Recognised, SchemeError> {
-        let canonical = c.canonical(s).ok_or_else(|| SchemeError::Custom {
+        // After its prefix (`cid:…`), or written with it.
+        let canonical = c
+            .canonical(s)
+            .or_else(|| c.canonical(&format!("{}:{s}", c.name)));
+        let canonical = canonical.ok_or_else(|| SchemeError::Custom {
             scheme: c.name.clone(),
             reason: format!(
                 "{s:?} does not match the scheme's pattern {}",

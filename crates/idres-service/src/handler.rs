@@ -64,6 +64,7 @@ pub struct Handler {
     site_bytes: bytes::Bytes,
     faces: Option<HandleFaces>,
     auth: Auth,
+    schemes: idres_schemes::Schemes,
 }
 
 impl Handler {
@@ -97,6 +98,7 @@ impl Handler {
             site_bytes,
             faces: None,
             auth,
+            schemes: idres_schemes::Schemes::default(),
         }
     }
 
@@ -118,6 +120,18 @@ impl Handler {
     /// The node's HS_SITE as GET_SITE_INFO returns it.
     pub fn site_bytes(&self) -> &bytes::Bytes {
         &self.site_bytes
+    }
+
+    /// Reads linked identifiers with these schemes (the same the store
+    /// indexes links with).
+    pub fn with_schemes(mut self, schemes: idres_schemes::Schemes) -> Self {
+        self.schemes = schemes;
+        self
+    }
+
+    /// The identifier schemes in force.
+    pub fn schemes(&self) -> &idres_schemes::Schemes {
+        &self.schemes
     }
 
     /// The store answered from.
@@ -508,6 +522,43 @@ impl Handler {
         now: u32,
         out: &mut BytesMut,
     ) -> Outcome {
+        // A linked identifier in its textual form (`gs1:01/…`, `ecode:…`):
+        // the record linked to it, or to the nearest level above it.
+        if let Some(read) = self.schemes.linked_form(raw_handle) {
+            let r = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    return self.error(m, ResponseCode::INVALID_HANDLE, &e.to_string(), now, out)
+                }
+            };
+            let found = match crate::linked::find(&**self.store(), &r) {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    let msg = format!("no record is linked to {} or a level above it", r.canonical);
+                    return self.error(m, ResponseCode::HANDLE_NOT_FOUND, &msg, now, out);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, id = raw_handle, "store read failed");
+                    return self.error(m, ResponseCode::ERROR, "storage error", now, out);
+                }
+            };
+            if let Some(why) = Handle::parse(&found.handle)
+                .ok()
+                .and_then(|h| self.withdrawn(&h))
+            {
+                return self.error(m, ResponseCode::ERROR, &why, now, out);
+            }
+            return self.reply_record(
+                m,
+                raw_handle,
+                &found.handle,
+                found.record,
+                indexes,
+                types,
+                now,
+                out,
+            );
+        }
         let handle = match Handle::parse(raw_handle) {
             Ok(h) => h,
             Err(e) => return self.error(m, ResponseCode::INVALID_HANDLE, &e.to_string(), now, out),
@@ -568,6 +619,32 @@ impl Handler {
                 return self.error(m, ResponseCode::ERROR, "storage error", now, out);
             }
         };
+        self.reply_record(
+            m,
+            raw_handle,
+            handle.key(),
+            record,
+            indexes,
+            types,
+            now,
+            out,
+        )
+    }
+
+    /// The resolution reply of a record, filtered by index and type, with
+    /// only its publicly readable values.
+    #[allow(clippy::too_many_arguments)]
+    fn reply_record(
+        &self,
+        m: &Message<'_>,
+        raw_handle: &str,
+        key: &str,
+        record: idres_store::RecordBytes,
+        indexes: &[u32],
+        types: &[&str],
+        now: u32,
+        out: &mut BytesMut,
+    ) -> Outcome {
         if indexes.is_empty() && types.is_empty() && record.all_public() {
             let mut w = self.begin(m, ResponseCode::SUCCESS, now, out);
             put_resolution_reply(w.body(), raw_handle.as_bytes(), record.encoded_values());
@@ -578,7 +655,7 @@ impl Handler {
         let raw = match record.raw_values() {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, handle = handle.key(), "corrupt record");
+                tracing::error!(error = %e, handle = key, "corrupt record");
                 return self.error(m, ResponseCode::ERROR, "storage error", now, out);
             }
         };

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod client;
 pub mod handler;
+pub mod linked;
 pub mod tcp;
 pub mod udp;
 

@@ -15,6 +15,8 @@ pub const IDEMPOTENCY: u8 = b'i';
 pub const AUX: u8 = b'a';
 /// Value index: `v` + upper-case type + NUL + lower-case value + NUL + handle.
 pub const VALUE: u8 = b'v';
+/// Link index: `l` + link key + NUL + handle.
+pub const LINK: u8 = b'l';
 
 /// Name of the schema-version record.
 pub const META_SCHEMA: &[u8] = b"mschema";
@@ -28,6 +30,8 @@ pub const META_LAST_SEQ: &[u8] = b"mlast_seq";
 pub const META_INDEX_VERSION: &[u8] = b"mindex_version";
 /// Present once every stored record has passed the value policy.
 pub const META_POLICY_APPLIED: &[u8] = b"mpolicy_applied";
+/// The scheme configuration the link index was built with.
+pub const META_LINK_CONFIG: &[u8] = b"mlink_config";
 /// Key of the cipher that makes search cursors opaque.
 pub const META_CURSOR_KEY: &[u8] = b"mcursor_key";
 

@@ -21,6 +21,7 @@ pub mod backup;
 mod cache;
 mod index;
 mod keys;
+pub mod links;
 pub mod metrics;
 pub mod record;
 mod sled_store;
@@ -122,6 +123,24 @@ pub enum MutationError {
     /// refused it against the state it would have been applied to.
     #[error("{0}")]
     Denied(Denied),
+    /// A link value names an identifier that its scheme refuses.
+    #[error("invalid link in {handle}: {reason}")]
+    BadLink {
+        /// The handle.
+        handle: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another record already claims a linked identifier.
+    #[error("{link} is already linked to {other}; {handle} cannot claim it too")]
+    LinkConflict {
+        /// The link key.
+        link: String,
+        /// The handle that tried to claim it.
+        handle: String,
+        /// The handle that holds it.
+        other: String,
+    },
     /// The resulting values are not valid.
     #[error("invalid values for {handle}: {source}")]
     Invalid {
@@ -472,6 +491,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<ValuePage, StoreError>;
+
+    /// The handles that claim a link key (at most [`links::MAX_CLAIMS`]),
+    /// in handle order.
+    fn find_link(&self, link_key: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Link claims whose link key starts with `prefix`, in key order,
+    /// after the claim `after` (a link key and handle from the previous
+    /// page), at most `limit`.
+    fn scan_links(
+        &self,
+        prefix: &str,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
 
     /// How many (value, handle) index entries match, as
     /// [`find_by_value`](Store::find_by_value) would find them.

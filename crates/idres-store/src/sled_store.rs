@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use idres_model::{types, validate_record, Handle, HandleValue, Prefix, PREFIX_RECORD_PREFIX};
+use idres_schemes::Schemes;
 
 mod backup;
 mod trim;
@@ -20,7 +21,7 @@ pub(crate) use backup::TapMsg;
 use crate::cache::{Lookup, ReadCache};
 use crate::metrics::StoreMetrics;
 use crate::record::RecordBytes;
-use crate::{index, keys};
+use crate::{index, keys, links};
 use crate::{
     AuxEntry, Change, ChangeKind, Committed, Mutation, MutationError, PrefixHome, StateView, Store,
     StoreError, ValuePage, ValuePolicy, WriteCallback, WriteRequest, SCHEMA_VERSION,
@@ -47,6 +48,8 @@ pub struct SledConfig {
     /// Most write requests waiting for the writer; past it a write is
     /// refused at once with [`StoreError::Busy`].
     pub max_queued_writes: usize,
+    /// The identifier schemes that decide the link index.
+    pub schemes: Schemes,
 }
 
 impl SledConfig {
@@ -62,6 +65,7 @@ impl SledConfig {
             metrics: Arc::default(),
             max_record_bytes: idres_model::value::MAX_RECORD_BYTES,
             max_queued_writes: 16_384,
+            schemes: Schemes::default(),
         }
     }
 }
@@ -78,6 +82,7 @@ struct Shared {
     cache: ReadCache,
     closing: AtomicBool,
     value_policy: Option<Arc<dyn ValuePolicy>>,
+    schemes: Schemes,
     cursors: CursorCipher,
     /// A running backup's tap; the writer holds this lock for each whole
     /// group, so the tap comes and goes between groups.
@@ -223,6 +228,79 @@ fn migrate(db: &sled::Db, policy: Option<&dyn ValuePolicy>) -> Result<(), StoreE
     Ok(())
 }
 
+/// Builds the link index again when the scheme configuration that decides
+/// link keys is not the one it was built with (or it was never built).
+/// A record whose link is invalid or taken under the new configuration
+/// keeps its values; that claim is left out and logged.
+fn rebuild_links(db: &sled::Db, schemes: &Schemes) -> Result<(), StoreError> {
+    let fp = schemes.fingerprint().as_bytes();
+    if db.get(keys::META_LINK_CONFIG).map_err(io)?.as_deref() == Some(fp) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut batch = sled::Batch::default();
+    let mut pending = 0usize;
+    for item in db.scan_prefix([keys::LINK]) {
+        let (k, _) = item.map_err(io)?;
+        batch.remove(k);
+        pending += 1;
+        if pending >= 4096 {
+            db.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+            pending = 0;
+        }
+    }
+    db.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+    pending = 0;
+    let mut claimed: HashMap<String, String> = HashMap::new();
+    let (mut records, mut claims, mut skipped) = (0usize, 0usize, 0usize);
+    for item in db.scan_prefix([keys::HANDLE]) {
+        let (k, v) = item.map_err(io)?;
+        let Ok(key) = std::str::from_utf8(&k[1..]) else {
+            continue;
+        };
+        let Ok(values) = RecordBytes::from_ivec(v).values() else {
+            continue;
+        };
+        records += 1;
+        let found = match links::of(schemes, &values) {
+            Ok(l) => l,
+            Err(reason) => {
+                tracing::warn!(handle = key, %reason, "link left out of the index");
+                skipped += 1;
+                continue;
+            }
+        };
+        for link in found {
+            if !schemes.shared(&link) {
+                if let Some(other) = claimed.get(&link) {
+                    tracing::warn!(handle = key, link = %link, other = %other, "link already claimed; left out of the index");
+                    skipped += 1;
+                    continue;
+                }
+                claimed.insert(link.clone(), key.to_owned());
+            }
+            batch.insert(links::claim(&link, key), &[][..]);
+            claims += 1;
+            pending += 1;
+        }
+        if pending >= 4096 {
+            db.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
+            pending = 0;
+        }
+    }
+    batch.insert(keys::META_LINK_CONFIG, fp);
+    db.apply_batch(batch).map_err(io)?;
+    db.flush().map_err(io)?;
+    tracing::info!(
+        records,
+        claims,
+        skipped,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "link index built"
+    );
+    Ok(())
+}
+
 struct Job {
     request: WriteRequest,
     done: WriteCallback,
@@ -293,6 +371,7 @@ impl SledStore {
             }
         }
         migrate(&db, config.value_policy.as_deref())?;
+        rebuild_links(&db, &config.schemes)?;
         let cursors = CursorCipher::open(&db)?;
         let last_seq = read_u64(&db, keys::META_LAST_SEQ)?;
         let handle_count = read_u64(&db, keys::META_HANDLE_COUNT)? as usize;
@@ -317,6 +396,7 @@ impl SledStore {
             cache: ReadCache::new(config.read_cache_bytes),
             closing: AtomicBool::new(false),
             value_policy: config.value_policy.clone(),
+            schemes: config.schemes.clone(),
             max_record_bytes: config.max_record_bytes,
             cursors,
             tap: Mutex::new(None),
@@ -526,6 +606,8 @@ struct Group<'s> {
     overlay: HashMap<String, Option<sled::IVec>>,
     /// Auxiliary keys changed in this group: full key -> value or deleted.
     aux_overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Link claims changed in this group: link key -> handle -> claimed.
+    link_overlay: HashMap<String, HashMap<String, bool>>,
     idempotency: HashMap<Vec<u8>, u64>,
     next_seq: u64,
     count_delta: isize,
@@ -567,6 +649,41 @@ impl<'s> Group<'s> {
             key: key.to_owned(),
             reason: e.to_string(),
         })
+    }
+
+    /// A handle other than `me` that claims `link` in the state this
+    /// request applies to: committed claims and this group's, less those
+    /// that this request (`diffs`) or the group gives up.
+    fn claimant(
+        &self,
+        link: &str,
+        me: &str,
+        diffs: &HashMap<String, (Vec<String>, Vec<String>)>,
+    ) -> Result<Option<String>, StoreError> {
+        let gives_up = |h: &str| {
+            diffs
+                .get(h)
+                .is_some_and(|(removed, _)| removed.iter().any(|l| l == link))
+        };
+        let overlay = self.link_overlay.get(link);
+        if let Some(o) = overlay {
+            for (h, claimed) in o {
+                if *claimed && h != me && !gives_up(h) {
+                    return Ok(Some(h.clone()));
+                }
+            }
+        }
+        for item in self.shared.db.scan_prefix(links::claim_prefix(link)) {
+            let (k, _) = item.map_err(io)?;
+            let Some((_, h)) = links::split(&k[1..]) else {
+                continue;
+            };
+            if h == me || gives_up(h) || overlay.is_some_and(|o| o.get(h) == Some(&false)) {
+                continue;
+            }
+            return Ok(Some(h.to_owned()));
+        }
+        Ok(None)
     }
 
     fn applied_key(&self, k: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -676,6 +793,89 @@ impl<'s> Group<'s> {
             t.after = new;
             t.changed = true;
             changes.push((key.to_owned(), kind));
+        }
+        // Links: every claim is checked against the state the request is
+        // applied to (committed, and earlier requests of this group) before
+        // anything of the request is staged.
+        let mut link_diffs: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+        for key in &order {
+            let Some(t) = touched.get(key) else { continue };
+            if !t.changed {
+                continue;
+            }
+            let old = match t.before.as_deref() {
+                Some(v) => links::of(&self.shared.schemes, v).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let new = match t.after.as_deref() {
+                Some(v) => match links::of(&self.shared.schemes, v) {
+                    Ok(l) => l,
+                    Err(reason) => {
+                        return Ok(Err(MutationError::BadLink {
+                            handle: key.clone(),
+                            reason,
+                        }))
+                    }
+                },
+                None => Vec::new(),
+            };
+            let removed: Vec<String> = old
+                .iter()
+                .filter(|l| new.binary_search(l).is_err())
+                .cloned()
+                .collect();
+            let added: Vec<String> = new
+                .into_iter()
+                .filter(|l| old.binary_search(l).is_err())
+                .collect();
+            link_diffs.insert(key.clone(), (removed, added));
+        }
+        for (key, (_, added)) in &link_diffs {
+            for link in added {
+                if self.shared.schemes.shared(link) {
+                    continue;
+                }
+                // Two records of this one request.
+                if let Some(other) = link_diffs
+                    .iter()
+                    .find(|(k, (_, a))| *k != key && a.contains(link))
+                    .map(|(k, _)| k.clone())
+                {
+                    let (handle, other) = if *key < other {
+                        (other, key.clone())
+                    } else {
+                        (key.clone(), other)
+                    };
+                    return Ok(Err(MutationError::LinkConflict {
+                        link: link.clone(),
+                        handle,
+                        other,
+                    }));
+                }
+                if let Some(other) = self.claimant(link, key, &link_diffs)? {
+                    return Ok(Err(MutationError::LinkConflict {
+                        link: link.clone(),
+                        handle: key.clone(),
+                        other,
+                    }));
+                }
+            }
+        }
+        for (key, (removed, added)) in link_diffs {
+            for link in removed {
+                self.del(links::claim(&link, &key));
+                self.link_overlay
+                    .entry(link)
+                    .or_default()
+                    .insert(key.clone(), false);
+            }
+            for link in added {
+                self.put(links::claim(&link, &key), &[][..]);
+                self.link_overlay
+                    .entry(link)
+                    .or_default()
+                    .insert(key.clone(), true);
+            }
         }
         for (key, value) in aux {
             match value {
@@ -1040,6 +1240,7 @@ fn commit_group_tapped(
         batch: sled::Batch::default(),
         overlay: HashMap::new(),
         aux_overlay: HashMap::new(),
+        link_overlay: HashMap::new(),
         idempotency: HashMap::new(),
         next_seq: first_seq,
         count_delta: 0,
@@ -1392,6 +1593,50 @@ impl Store for SledStore {
             last_taken = Some(k);
         }
         Ok(page)
+    }
+
+    fn find_link(&self, link_key: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.shared.db.scan_prefix(links::claim_prefix(link_key)) {
+            let (k, _) = item.map_err(io)?;
+            if let Some((_, h)) = links::split(&k[1..]) {
+                out.push(h.to_owned());
+            }
+            if out.len() >= links::MAX_CLAIMS {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan_links(
+        &self,
+        prefix: &str,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut start = vec![keys::LINK];
+        start.extend_from_slice(prefix.as_bytes());
+        let end = keys::prefix_end(&start);
+        let from = match after {
+            Some((l, h)) => {
+                let mut k = links::claim(l, h);
+                k.push(0);
+                k.max(start)
+            }
+            None => start,
+        };
+        let mut out = Vec::new();
+        for item in self.shared.db.range(from..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item.map_err(io)?;
+            if let Some((l, h)) = links::split(&k[1..]) {
+                out.push((l.to_owned(), h.to_owned()));
+            }
+        }
+        Ok(out)
     }
 
     fn count_by_value(&self, value_type: &str, pattern: &str) -> Result<usize, StoreError> {

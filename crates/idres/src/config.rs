@@ -26,6 +26,8 @@ pub struct Config {
     pub http: crate::http::HttpConfig,
     /// The gRPC face for secondary nodes, mirrors and operators.
     pub grpc: idres_grpc::node::GrpcConfig,
+    /// Identifier schemes and their links (`docs/schemes.md`).
+    pub schemes: idres_schemes::SchemesConfig,
 }
 
 /// The node's identity and role.
@@ -196,6 +198,19 @@ impl HandleConfig {
 }
 
 impl Config {
+    /// The identifier schemes of `[schemes]`, with the GS1 syntax
+    /// dictionary file read if one is named.
+    pub fn schemes(&self) -> anyhow::Result<idres_schemes::Schemes> {
+        let mut sc = self.schemes.clone();
+        if let Some(path) = &sc.gs1.dictionary {
+            sc.gs1.dictionary_text =
+                Some(std::fs::read_to_string(path).with_context(|| {
+                    format!("reading [schemes.gs1] dictionary {}", path.display())
+                })?);
+        }
+        idres_schemes::Schemes::new(&sc).map_err(|e| anyhow::anyhow!("[schemes]: {e}"))
+    }
+
     /// Reads a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)

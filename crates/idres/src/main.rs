@@ -76,8 +76,14 @@ enum Command {
     /// Build a new store from a backup: same records, sequence numbers,
     /// change log, filings, cursors.
     Restore(control::RestoreArgs),
-    /// Resolve a handle over the Handle protocol and print it as JSON.
+    /// Resolve an identifier of any scheme (handle, OID, GTIN, Digital
+    /// Link, EPC URN, Ecode, NIoT, CID) over the Handle protocol and print
+    /// the record as JSON, with the scheme it was read as.
     Resolve(ResolveArgs),
+    /// Say how the node reads identifiers (scheme, form, canonical form,
+    /// link levels, GS1 element string) or why it refuses them; one JSON
+    /// line per identifier.
+    ParseId(ParseIdArgs),
     /// Development certificates for the gRPC face (a CA, servers, nodes,
     /// operators).
     #[command(subcommand)]
@@ -158,18 +164,95 @@ struct ResolveArgs {
     /// Only the value at this index (repeatable).
     #[arg(long = "index")]
     indexes: Vec<u32>,
-    /// The handle.
+    /// The node's configuration, for its `[schemes]`.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// The identifier.
     handle: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct ParseIdArgs {
+    /// The node's configuration, for its `[schemes]`.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Also read identifiers from standard input, one per line.
+    #[arg(long)]
+    stdin: bool,
+    /// Identifiers.
+    ids: Vec<String>,
+}
+
+fn schemes_of(path: Option<&std::path::Path>) -> anyhow::Result<idres_schemes::Schemes> {
+    match path {
+        Some(p) => config::Config::load(p)?.schemes(),
+        None => Ok(idres_schemes::Schemes::default()),
+    }
+}
+
+fn parse_ids(args: &ParseIdArgs) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead as _;
+    let schemes = schemes_of(args.config.as_deref())?;
+    let mut ids = args.ids.clone();
+    if args.stdin {
+        for line in std::io::stdin().lock().lines() {
+            ids.push(line?);
+        }
+    }
+    let mut all_ok = true;
+    let mut out = std::io::stdout().lock();
+    for id in &ids {
+        let v = match schemes.recognise(id) {
+            Ok(r) => {
+                let es = r.gs1.as_ref().map(|g| {
+                    let mut all = g.key.clone();
+                    all.0.extend(g.attributes.0.iter().cloned());
+                    all.to_caret(schemes.gs1().dictionary())
+                });
+                serde_json::json!({"id": id, "ok": true, "scheme": r.scheme, "form": r.form,
+                    "canonical": r.canonical,
+                    "levels": r.levels.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+                    "element_string": es})
+            }
+            Err(e) => {
+                all_ok = false;
+                serde_json::json!({"id": id, "ok": false, "error": e.to_string()})
+            }
+        };
+        std::io::Write::write_all(&mut out, format!("{v}\n").as_bytes())?;
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn resolve(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
     let types: Vec<&str> = args.types.iter().map(String::as_str).collect();
+    let schemes = schemes_of(args.config.as_deref())?;
+    let read = match schemes.recognise(&args.handle) {
+        Ok(r) => r,
+        Err(e) => {
+            let out = serde_json::json!({"id": args.handle, "error": e.to_string()});
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    // A handle is sent as written; any other scheme in its linked form.
+    let sent = match read.scheme.as_str() {
+        "handle" => args.handle.clone(),
+        "oid" => format!("oid:{}", read.canonical.trim_start_matches("oid:")),
+        _ => read.canonical.clone(),
+    };
+    eprintln!("read as {} ({}): {sent}", read.scheme, read.form);
     let reply =
-        idres_service::client::resolve(args.server, &args.handle, &args.indexes, &types, args.tcp)?;
+        idres_service::client::resolve(args.server, &sent, &args.indexes, &types, args.tcp)?;
     let rc = reply.response_code;
     let out = match reply.reply {
         Reply::Resolution { handle, values } => serde_json::json!({
-            "responseCode": rc.0, "handle": handle, "values": json::values_to_json(&values)}),
+            "responseCode": rc.0, "handle": handle, "id": args.handle, "scheme": read.scheme,
+            "form": read.form, "values": json::values_to_json(&values)}),
         Reply::Referral {
             service_handle,
             values,
@@ -210,6 +293,7 @@ fn main() -> ExitCode {
         Command::Backup(a) => control::backup(a).map(|()| ExitCode::SUCCESS),
         Command::Restore(a) => control::restore(a).map(|()| ExitCode::SUCCESS),
         Command::Resolve(a) => resolve(a),
+        Command::ParseId(a) => parse_ids(a),
         Command::Cert(c) => idres_grpc::cli::cert(c)
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),

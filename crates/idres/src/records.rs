@@ -34,9 +34,14 @@ const MAX_REPORTED: usize = 20;
 /// Options of `idres import`.
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// Directory of the database.
-    #[arg(long, default_value = "idres-data")]
-    pub data_dir: PathBuf,
+    /// Directory of the database (default: the configuration's, or
+    /// `idres-data`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The node's configuration: its `[store]` and the `[schemes]` that
+    /// decide link values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// MiB of page cache.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,
@@ -124,8 +129,15 @@ pub fn import(args: &ImportArgs) -> anyhow::Result<()> {
     let now = idres_service::unix_now();
     let started = Instant::now();
     let total = check_file(&args.file, now)?;
-    let mut config = Config::default();
-    config.store.data_dir = args.data_dir.clone();
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    config.store.data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| args.config.as_ref().map(|_| config.store.data_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("idres-data"));
     config.store.cache_mb = args.cache_mb;
     let store = open_store(&config, false)?;
 

@@ -148,6 +148,7 @@ pub fn open_node_store(
     sc.cache_bytes = config.store.cache_mb << 20;
     sc.max_record_bytes = config.store.max_record_bytes;
     sc.max_queued_writes = config.store.max_queued_writes;
+    sc.schemes = config.schemes()?;
     sc.read_cache_bytes = if serving {
         usize::try_from(config.store.read_cache_mb << 20).unwrap_or(usize::MAX)
     } else {
@@ -233,7 +234,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     Duration::from_secs(config.handle.auth_lockout_secs),
                 ),
         )
-        .with_metrics(&metrics),
+        .with_metrics(&metrics)
+        .with_schemes(config.schemes()?),
     );
     let budget = Arc::new(idres_net::ByteBudget::new(config.handle.udp_budget()));
     let udp =
@@ -279,6 +281,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 metrics: Some(Arc::clone(&metrics)),
                 health: Some(Arc::clone(&health)),
                 limits: Some(config.grpc.limits()),
+                schemes: Some(config.schemes()?),
             },
         )
         .await?;
