@@ -10,7 +10,7 @@ apt_packages=(bc dnsutils iproute2 chromium chromium-driver prometheus systemd)
 # Debian's kubectl, unless one is already on the PATH (the manifests render
 # with its kustomize and with current ones).
 command -v kubectl > /dev/null || apt_packages+=(kubernetes-client)
-pip_packages=(pytest dnspython aioquic cryptography gmssl==3.2.2 pyhandle==1.5.0 schemathesis==4.32.5 selenium==4.51.0 grpcio==1.85.3 grpcio-tools==1.85.1 kubernetes-validate==1.37.0)
+pip_packages=(pytest dnspython aioquic cryptography gmssl==3.2.2 pyhandle==1.5.0 schemathesis==4.32.5 selenium==4.51.0 grpcio==1.85.3 grpcio-tools==1.85.1 kubernetes-validate==1.37.0 biip==5.2.0 "jsonschema[format-nongpl]==4.26.0")
 
 missing=()
 for p in "${apt_packages[@]}"; do

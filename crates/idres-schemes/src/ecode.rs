@@ -142,6 +142,11 @@ pub fn parse(table: &[EcodeVersion], s: &str) -> Result<Ecode, EcodeError> {
             rest.len()
         )));
     }
+    if !rest.is_char_boundary(row.nsi_digits) {
+        return Err(EcodeError(format!(
+            "the numbering-system identifier of an Ecode V{version} must be digits"
+        )));
+    }
     let (nsi, md) = rest.split_at(row.nsi_digits);
     if !nsi.bytes().all(|b| b.is_ascii_digit()) {
         return Err(EcodeError(format!(

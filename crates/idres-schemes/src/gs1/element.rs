@@ -67,6 +67,11 @@ pub fn check_value(entry: &AiEntry, value: &str) -> Result<(), Gs1Error> {
     if value.is_empty() {
         return Err(fault("the value is empty".into()));
     }
+    if let Some(c) = value.chars().find(|c| !c.is_ascii()) {
+        return Err(fault(format!(
+            "character {c:?} is not allowed (no GS1 character set has it)"
+        )));
+    }
     if value.len() > MAX_AI_VALUE_LEN {
         return Err(fault(format!(
             "the value has {} characters, more than {MAX_AI_VALUE_LEN}",
@@ -223,6 +228,11 @@ pub fn parse_bracketed_with(
     s: &str,
     unknown_ok: bool,
 ) -> Result<ElementString, Gs1Error> {
+    if !s.is_ascii() {
+        return Err(Gs1Error::Syntax(
+            "an element string has only ASCII characters".into(),
+        ));
+    }
     let mut out = Vec::new();
     let mut rest = s;
     while !rest.is_empty() {
@@ -262,6 +272,11 @@ pub fn parse_bracketed_with(
 /// `]Q3` or `^` before the first AI, and `^` or the GS character (0x1D)
 /// for FNC1 between values.
 pub fn parse_raw(dict: &Dictionary, s: &str) -> Result<ElementString, Gs1Error> {
+    if !s.is_ascii() {
+        return Err(Gs1Error::Syntax(
+            "an element string has only ASCII characters".into(),
+        ));
+    }
     let body = ["]C1", "]e0", "]d2", "]Q3", "^", "\u{1d}"]
         .iter()
         .find_map(|p| s.strip_prefix(p))
