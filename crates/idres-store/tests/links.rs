@@ -154,8 +154,10 @@ fn claims_conflicts_and_moves() {
 
     // Reopened with a scheme configuration whose CID pattern differs, and
     // with GS1 links shared: the index is rebuilt under the new rules.
-    let mut cfg = SchemesConfig::default();
-    cfg.shared_links = vec!["gs1".into()];
+    let cfg = SchemesConfig {
+        shared_links: vec!["gs1".into()],
+        ..SchemesConfig::default()
+    };
     let mut sc = SledConfig::new(dir.path());
     sc.schemes = Schemes::new(&cfg).unwrap();
     let s = SledStore::open(sc).unwrap();
