@@ -373,7 +373,7 @@ impl Schemes {
         if let Some(r) = self.linked_form(s) {
             return r;
         }
-        let lower = s.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+        let lower: String = s.chars().take(8).collect::<String>().to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             return self.recognise_as("gs1", s);
         }

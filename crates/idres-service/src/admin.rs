@@ -357,7 +357,10 @@ pub fn response_code(e: &MutationError) -> ResponseCode {
         MutationError::HandleExists(_) => ResponseCode::HANDLE_ALREADY_EXISTS,
         MutationError::ValueExists { .. } => ResponseCode::VALUE_ALREADY_EXISTS,
         MutationError::ValueNotFound { .. } => ResponseCode::VALUES_NOT_FOUND,
-        MutationError::Invalid { .. } => ResponseCode::INVALID_VALUE,
+        MutationError::Invalid { .. } | MutationError::BadLink { .. } => {
+            ResponseCode::INVALID_VALUE
+        }
+        MutationError::LinkConflict { .. } => ResponseCode::VALUE_ALREADY_EXISTS,
         MutationError::Denied(d) => match d.kind {
             DeniedKind::AuthenticationNeeded => ResponseCode::AUTHENTICATION_NEEDED,
             DeniedKind::InvalidAdmin => ResponseCode::INVALID_ADMIN,

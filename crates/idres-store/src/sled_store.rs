@@ -835,6 +835,13 @@ impl<'s> Group<'s> {
                 if self.shared.schemes.shared(link) {
                     continue;
                 }
+                if let Some(other) = self.claimant(link, key, &link_diffs)? {
+                    return Ok(Err(MutationError::LinkConflict {
+                        link: link.clone(),
+                        handle: key.clone(),
+                        other,
+                    }));
+                }
                 // Two records of this one request.
                 if let Some(other) = link_diffs
                     .iter()
@@ -849,13 +856,6 @@ impl<'s> Group<'s> {
                     return Ok(Err(MutationError::LinkConflict {
                         link: link.clone(),
                         handle,
-                        other,
-                    }));
-                }
-                if let Some(other) = self.claimant(link, key, &link_diffs)? {
-                    return Ok(Err(MutationError::LinkConflict {
-                        link: link.clone(),
-                        handle: key.clone(),
                         other,
                     }));
                 }

@@ -291,6 +291,20 @@ fn parse_path<'p>(
         i -= 2;
     }
     let Some(start) = start else {
+        // A numeric segment the dictionary does not know, after a primary
+        // key: name it.
+        let is_key = |s: &&str| {
+            lookup_ai(dict, s, opts)
+                .and_then(|a| dict.get(a))
+                .is_some_and(|e| e.is_primary_key())
+        };
+        if i >= 2 {
+            let seg = segs[i - 2];
+            let numeric = (2..=4).contains(&seg.len()) && seg.bytes().all(|b| b.is_ascii_digit());
+            if numeric && segs[..i - 2].iter().any(is_key) {
+                return Err(Gs1Error::UnknownAi(seg.to_owned()));
+            }
+        }
         return Err(Gs1Error::Uri(
             "the path has no GS1 primary key (such as /01/ followed by a GTIN)".into(),
         ));

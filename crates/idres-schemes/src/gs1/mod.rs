@@ -258,7 +258,7 @@ impl Gs1 {
         if s.len() > dl::MAX_URI_LEN {
             return Err(Gs1Error::TooLong(s.len(), dl::MAX_URI_LEN));
         }
-        let lower = s.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+        let lower: String = s.chars().take(8).collect::<String>().to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             return self.parse_dl(s);
         }
