@@ -156,7 +156,51 @@ enum Place {
     Apex,
     Host,
     Oid(Oid),
+    /// A GS1 key in the ONS tree: its link key.
+    Gs1(String),
+    /// `gs1.id` or `<type>.gs1.id`: names with GS1 keys below them.
+    Gs1Tree,
     Nowhere,
+}
+
+/// ONS key types under `gs1.id`: label, AI, digits.
+const ONS_KEYS: &[(&[u8], &str, usize)] = &[
+    (b"gtin", "01", 14),
+    (b"sscc", "00", 18),
+    (b"gln", "414", 13),
+];
+
+/// Reads an ONS name below the apex (leaf first): digits reversed, one
+/// per label, then the key type, `gs1`, `id` (GS1 Object Name Service
+/// 2.0.1 §5, under this zone instead of `onsepc.com`).
+fn ons_place<'n>(below: usize, label: impl Fn(usize) -> &'n [u8]) -> Option<Place> {
+    if below < 2
+        || !label(below - 1).eq_ignore_ascii_case(b"id")
+        || !label(below - 2).eq_ignore_ascii_case(b"gs1")
+    {
+        return None;
+    }
+    if below == 2 {
+        return Some(Place::Gs1Tree);
+    }
+    let kind = label(below - 3);
+    let &(_, ai, len) = ONS_KEYS
+        .iter()
+        .find(|(k, _, _)| kind.eq_ignore_ascii_case(k))?;
+    if below == 3 {
+        return Some(Place::Gs1Tree);
+    }
+    let digits: Vec<u8> = (0..below - 3)
+        .rev()
+        .map(&label)
+        .map(|l| match l {
+            [d] if d.is_ascii_digit() => Some(*d),
+            _ => None,
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    let key = String::from_utf8(digits).ok()?;
+    (key.len() == len && idres_schemes::gs1::lint::mod10_ok(&key))
+        .then(|| Place::Gs1(format!("gs1:{ai}/{key}")))
 }
 
 fn labels_of(wire_name: &[u8]) -> Vec<Vec<u8>> {
@@ -372,6 +416,8 @@ impl Authority {
                 rcode::NOERROR
             }
             Place::Oid(oid) => self.answer_oid(&mut resp, qtype, &oid, now, minimal_any),
+            Place::Gs1(key) => self.answer_gs1(&mut resp, qtype, &key, now, minimal_any),
+            Place::Gs1Tree => rcode::NOERROR,
             Place::Nowhere => rcode::NXDOMAIN,
         };
         if code == rcode::SERVFAIL {
@@ -411,6 +457,9 @@ impl Authority {
         });
         if is_host {
             return Place::Host;
+        }
+        if let Some(p) = ons_place(below, |i| q.label(name, i)) {
+            return p;
         }
         match Oid::from_dns_labels((0..below).map(|i| q.label(name, i))) {
             Ok(oid) => Place::Oid(oid),
@@ -477,6 +526,48 @@ impl Authority {
             }
         };
         let rec = self.follow_aliases(rec, now);
+        self.write_views(resp, qtype, &rec, now, minimal_any);
+        rcode::NOERROR
+    }
+
+    /// Answers for a GS1 key's ONS name from the record linked to it;
+    /// returns the response code.
+    fn answer_gs1(
+        &self,
+        resp: &mut Response<'_>,
+        qtype: u16,
+        key: &str,
+        now: u32,
+        minimal_any: bool,
+    ) -> u16 {
+        let found = self
+            .store
+            .find_link(key)
+            .and_then(|claims| match claims.first() {
+                Some(h) => self.store.get(h),
+                None => Ok(None),
+            });
+        let rec = match found {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return rcode::NXDOMAIN,
+            Err(e) => {
+                tracing::warn!(error = %e, key, "store read failed");
+                return rcode::SERVFAIL;
+            }
+        };
+        let rec = self.follow_aliases(rec, now);
+        self.write_views(resp, qtype, &rec, now, minimal_any);
+        rcode::NOERROR
+    }
+
+    fn write_views(
+        &self,
+        resp: &mut Response<'_>,
+        qtype: u16,
+        rec: &RecordBytes,
+        now: u32,
+        minimal_any: bool,
+    ) {
         let views: &[View] = match qtype {
             rtype::NAPTR => &[View::Naptr],
             rtype::URI => &[View::Uri],
@@ -485,12 +576,11 @@ impl Authority {
             _ => &[],
         };
         for &view in views {
-            views::write_view(resp, Section::Answer, HEADER_LEN, view, &rec, now);
+            views::write_view(resp, Section::Answer, HEADER_LEN, view, rec, now);
             if minimal_any && resp.count(Section::Answer) > 0 {
                 break;
             }
         }
-        rcode::NOERROR
     }
 
     /// For an OID without a record: the record of the handle that names

@@ -34,6 +34,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 mod error;
+pub mod gs1;
 pub mod hrls;
 pub mod metrics;
 pub mod native;
@@ -82,6 +83,12 @@ pub struct HttpOptions {
     pub max_page_size: usize,
     /// Most handles one page of `/hrls/handles` may hold.
     pub max_search_limit: usize,
+    /// The public base URL of the GS1 resolver (`https://id.example.org`),
+    /// used in linkset anchors and every absolute URL it writes; without
+    /// it, the request's `Host`.
+    pub public_url: Option<String>,
+    /// The resolver's name in its description file.
+    pub resolver_name: String,
 }
 
 impl Default for HttpOptions {
@@ -98,6 +105,8 @@ impl Default for HttpOptions {
             auth_lockout: Duration::from_secs(600),
             max_page_size: 10_000,
             max_search_limit: 10_000,
+            public_url: None,
+            resolver_name: "idres".into(),
         }
     }
 }
@@ -187,6 +196,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/openapi.json", get(openapi::document))
         .route("/hrls/handles", get(hrls::search))
         .route("/hrls/handles/", get(hrls::search))
+        .route("/.well-known/gs1resolver", get(gs1::description))
         .route("/metrics", get(metrics::export))
         .route("/healthz", get(metrics::healthz))
         .route("/readyz", get(metrics::readyz))

@@ -503,6 +503,9 @@ pub async fn home(State(app): State<Arc<App>>, req: Request) -> Response {
 /// `GET /{handle}`: redirect to the record's URL, or show the record.
 pub async fn by_path(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
+    if crate::gs1::is_dl_path(&app, parts.uri.path()) {
+        return crate::gs1::resolve(app, parts).await;
+    }
     if parts.method != Method::GET && parts.method != Method::HEAD {
         let mut e = ApiError::bad_request(format!("{} is not allowed here", parts.method));
         e.status = StatusCode::METHOD_NOT_ALLOWED;

@@ -18,6 +18,7 @@ pub mod config;
 pub mod ecode;
 pub mod gs1;
 pub mod niot;
+pub mod resolver;
 
 use std::sync::Arc;
 
@@ -416,6 +417,14 @@ impl Schemes {
             };
         }
         Err(SchemeError::Unknown(s.to_owned(), self.custom_list()))
+    }
+
+    /// Checks a value that is not an identifier but belongs to a scheme:
+    /// a resolver link ([`GS1_LINK_TYPE`]). `None` for other types.
+    pub fn check_value(&self, value_type: &str, data: &[u8]) -> Option<Result<(), String>> {
+        value_type
+            .eq_ignore_ascii_case(GS1_LINK_TYPE)
+            .then(|| resolver::ResolverLink::from_json(data).map(|_| ()))
     }
 
     /// The link keys a value of this type and data claims: `None` when the

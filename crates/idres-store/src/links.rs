@@ -44,6 +44,9 @@ pub fn split(rest: &[u8]) -> Option<(&str, &str)> {
 pub fn of(schemes: &Schemes, values: &[HandleValue]) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for v in values {
+        if let Some(Err(reason)) = schemes.check_value(&v.value_type, &v.data) {
+            return Err(format!("value {}: {reason}", v.index));
+        }
         let Some(r) = schemes.link_key(&v.value_type, &v.data) else {
             continue;
         };

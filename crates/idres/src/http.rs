@@ -49,6 +49,11 @@ pub struct HttpConfig {
     pub max_auth_failures: u32,
     /// Seconds such an address is refused.
     pub auth_lockout_secs: u64,
+    /// Public base URL of the GS1 resolver (e.g. `https://id.example.org`,
+    /// which may differ from the listener behind a proxy).
+    pub public_url: Option<String>,
+    /// Name of the resolver in `/.well-known/gs1resolver`.
+    pub resolver_name: String,
 }
 
 impl Default for HttpConfig {
@@ -67,6 +72,8 @@ impl Default for HttpConfig {
             idle_timeout_secs: o.idle_timeout.as_secs(),
             max_auth_failures: o.max_auth_failures,
             auth_lockout_secs: o.auth_lockout.as_secs(),
+            public_url: None,
+            resolver_name: o.resolver_name,
         }
     }
 }
@@ -118,6 +125,8 @@ pub async fn start(
         idle_timeout: std::time::Duration::from_secs(config.idle_timeout_secs.max(1)),
         max_auth_failures: config.max_auth_failures,
         auth_lockout: std::time::Duration::from_secs(config.auth_lockout_secs),
+        public_url: config.public_url.clone(),
+        resolver_name: config.resolver_name.clone(),
         ..HttpOptions::default()
     };
     if config.secret_iterations.is_some() {

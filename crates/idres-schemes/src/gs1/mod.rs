@@ -136,6 +136,11 @@ impl Gs1 {
         Self { dict, options }
     }
 
+    /// The Digital Link options.
+    pub fn options(&self) -> dl::DlOptions {
+        self.options
+    }
+
     /// The syntax dictionary.
     pub fn dictionary(&self) -> &Dictionary {
         &self.dict
