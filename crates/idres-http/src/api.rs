@@ -751,6 +751,116 @@ pub(crate) async fn any_json(
     Ok((status, body))
 }
 
+/// `GET /api/links?id=ID` or `?prefix=KEY`: records by linked
+/// identifier. `id` (any scheme) lists the records linked to that
+/// identifier and to every identifier below it (every serial under a
+/// GTIN+lot); `prefix` takes a link-key prefix (`gs1:01/0952123`,
+/// `ecode:1000`). Pages of `limit` (default 100) continue from `cursor`.
+/// Only links in public values are indexed, so the list shows nothing a
+/// reader may not see; records under a withdrawn prefix are left out.
+pub async fn links(State(app): State<Arc<App>>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    respond(links_inner(&app, &parts))
+}
+
+fn links_inner(app: &App, parts: &Parts) -> Result<Response, ApiError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let q = Query::parse(parts.uri.query());
+    let pretty = q.flag("pretty")?.unwrap_or(false);
+    let limit = match q.first("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=app.options().max_search_limit).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "limit must be 1 to {}",
+                    app.options().max_search_limit
+                ))
+            })?,
+        None => 100,
+    };
+    let (prefix, exact) = match (q.first("id"), q.first("prefix")) {
+        (Some(id), None) => {
+            let r = app.handler.schemes().recognise(id).map_err(|e| {
+                ApiError::new(ResponseCode::INVALID_HANDLE, e.to_string()).about(id)
+            })?;
+            let key = r.levels.first().map(|l| l.key.clone()).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{id} is read as a {}, which links to nothing",
+                    r.scheme
+                ))
+            })?;
+            (format!("{key}/"), Some(key))
+        }
+        (None, Some(p)) => {
+            if !p.contains(':') || p.len() > idres_schemes::MAX_ID_LEN {
+                return Err(ApiError::bad_request(
+                    "prefix is a link-key prefix with its scheme, such as gs1:01/0952123",
+                ));
+            }
+            (p.to_owned(), None)
+        }
+        _ => return Err(ApiError::bad_request(
+            "give exactly one of id (an identifier of any scheme) or prefix (a link-key prefix)",
+        )),
+    };
+    let after = match q.first("cursor") {
+        Some(c) => {
+            let raw = b64
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::bad_request("cursor is not one this node gave"))?;
+            let (l, h) = raw
+                .split_once('\0')
+                .ok_or_else(|| ApiError::bad_request("cursor is not one this node gave"))?;
+            Some((l.to_owned(), h.to_owned()))
+        }
+        None => None,
+    };
+    let store = app.store();
+    let mut items = Vec::new();
+    let mut last: Option<(String, String)> = None;
+    // The identifier's own key first (it sorts before the keys below it
+    // only when nothing below starts with a byte under '/').
+    if let (Some(key), None) = (&exact, &after) {
+        for h in store.find_link(key).map_err(|e| ApiError::storage(&e))? {
+            last = Some((key.clone(), h.clone()));
+            items.push((key.clone(), h));
+        }
+    }
+    let mut more = false;
+    let after_ref = after.as_ref().map(|(l, h)| (l.as_str(), h.as_str()));
+    let page = store
+        .scan_links(&prefix, after_ref, limit + 1)
+        .map_err(|e| ApiError::storage(&e))?;
+    for (l, h) in page {
+        if items.len() >= limit {
+            more = true;
+            break;
+        }
+        last = Some((l.clone(), h.clone()));
+        items.push((l, h));
+    }
+    let shown: Vec<Value> = items
+        .iter()
+        .filter(|(_, h)| {
+            Handle::parse(h)
+                .ok()
+                .is_none_or(|hd| app.handler.withdrawn(&hd).is_none())
+        })
+        .map(|(l, h)| json!({"link": l, "handle": h}))
+        .collect();
+    let next = match (more, last) {
+        (true, Some((l, h))) => Some(b64.encode(format!("{l}\0{h}"))),
+        _ => None,
+    };
+    let body = json!({"prefix": prefix, "items": shown, "next": next});
+    Ok(json_response(StatusCode::OK, &body, pretty))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,6 +193,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/api/prefixes", get(api::list_prefixes))
         .route("/api/resolve", get(api::resolve_any))
+        .route("/api/links", get(api::links))
         .route("/api/openapi.json", get(openapi::document))
         .route("/hrls/handles", get(hrls::search))
         .route("/hrls/handles/", get(hrls::search))

@@ -2,7 +2,11 @@
 //!
 //! - `/` shows a form; `/?handle=88.118.8/X` shows that record as a table
 //!   (index, type, data, TTL, last change), with URLs, e-mail addresses
-//!   and referenced handles as links.
+//!   and referenced handles as links. The field takes an identifier of any
+//!   scheme (a GTIN, a Digital Link, a scanned element string, an Ecode…):
+//!   the page says what it was read as and which record and level it
+//!   reached. Pages speak Chinese or English, from `Accept-Language` or
+//!   the switch on the page (`?lang=zh|en`).
 //! - `/{handle}` behaves as public Handle proxies do: it redirects (302)
 //!   to the record's first public URL value; `?noredirect` shows the
 //!   record page instead; `Accept: application/json` (without text/html)
@@ -64,7 +68,9 @@ a{color:var(--link)}\
 .error{border-color:#e7b3ae;background:#fdf3f2}.error h2{font-family:inherit;color:var(--accent)}\
 .note{color:var(--muted)}\
 footer{max-width:70rem;margin:2rem auto;padding:0 1.5rem;color:var(--muted);font-size:.85rem}\
-code{font-family:ui-monospace,Menlo,Consolas,monospace}";
+code{font-family:ui-monospace,Menlo,Consolas,monospace}\
+nav.lang{float:right;font-size:.9rem}nav.lang a,nav.lang strong{color:inherit}\
+section.read{border-left:4px solid var(--link);padding-left:1rem}";
 
 /// Escapes text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -91,25 +97,131 @@ fn api_link(handle: &str) -> String {
     format!("/api/handles/{}", utf8_percent_encode(handle, PATH))
 }
 
+/// The language of a page: `?lang=zh|en`, else the first of Chinese or
+/// English in `Accept-Language`, else English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// English.
+    En,
+    /// Chinese (simplified).
+    Zh,
+}
+
+impl Lang {
+    /// The language asked for.
+    pub fn of(headers: &HeaderMap, q: &Query) -> Self {
+        match q.first("lang") {
+            Some("zh") | Some("zh-CN") => return Lang::Zh,
+            Some("en") => return Lang::En,
+            _ => {}
+        }
+        let accept = headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mut best: Option<(f32, Lang)> = None;
+        for part in accept.split(',').take(32) {
+            let mut it = part.split(';');
+            let tag = it.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = it
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|v| v.parse::<f32>().ok())
+                })
+                .unwrap_or(1.0);
+            let lang = if tag == "zh" || tag.starts_with("zh-") {
+                Lang::Zh
+            } else if tag == "en" || tag.starts_with("en-") {
+                Lang::En
+            } else {
+                continue;
+            };
+            if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
+                best = Some((q, lang));
+            }
+        }
+        best.map_or(Lang::En, |(_, l)| l)
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Zh => "zh-CN",
+        }
+    }
+
+    /// A text in this language.
+    fn t(self, en: &'static str, zh: &'static str) -> &'static str {
+        match self {
+            Lang::En => en,
+            Lang::Zh => zh,
+        }
+    }
+}
+
+fn lang_switch(lang: Lang, typed: &str) -> String {
+    let q: String = form_urlencoded::byte_serialize(typed.as_bytes()).collect();
+    let link = |code: &str, label: &str, current: bool| {
+        let href = if typed.is_empty() {
+            format!("/?lang={code}")
+        } else {
+            format!("/?handle={q}&lang={code}")
+        };
+        if current {
+            format!("<strong id=\"lang-{code}\" aria-current=\"true\">{label}</strong>")
+        } else {
+            format!(
+                "<a id=\"lang-{code}\" href=\"{}\" hreflang=\"{code}\">{label}</a>",
+                esc(&href)
+            )
+        }
+    };
+    format!(
+        "<nav class=\"lang\" aria-label=\"Language / 语言\">{} · {}</nav>",
+        link("zh", "中文", lang == Lang::Zh),
+        link("en", "English", lang == Lang::En)
+    )
+}
+
 /// A whole page.
-fn page(status: StatusCode, title: &str, typed: &str, content: &str) -> Response {
+fn page(lang: Lang, status: StatusCode, title: &str, typed: &str, content: &str) -> Response {
     let mut html = String::with_capacity(4096 + content.len());
     let _ = write!(
         html,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+        "<!DOCTYPE html>\n<html lang=\"{code}\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{title} · idres resolver</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
-         <header><h1><a href=\"/\">idres</a> · identifier resolver</h1>\
-         <p>National top-level node of the industrial internet identifier resolution system</p></header>\n\
+         <title>{title} · {site}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n\
+         <header>{switch}<h1><a href=\"/?lang={short}\">idres</a> · {brand}</h1>\
+         <p>{tagline}</p></header>\n\
          <main>\n<form method=\"get\" action=\"/\" role=\"search\">\
-         <label for=\"handle\">Identifier</label>\
+         <input type=\"hidden\" name=\"lang\" value=\"{short}\">\
+         <label for=\"handle\">{label}</label>\
          <div class=\"row\"><input id=\"handle\" name=\"handle\" value=\"{typed}\" \
-         placeholder=\"88.118.8/JXDY2106023\" required spellcheck=\"false\" autocomplete=\"off\">\
-         <button type=\"submit\" id=\"resolve\">Resolve</button></div>\
-         <p class=\"hint\">A prefix, a slash and a suffix. The prefix is not case-sensitive; the suffix is.</p>\
-         </form>\n{content}\n</main>\n<footer>Machine access: <a href=\"/api/openapi.json\">JSON API \
-         description</a> · Handle messages by <code>POST /</code> · reverse lookup at <code>/hrls/handles</code></footer>\n\
+         placeholder=\"88.118.8/JXDY2106023\" required spellcheck=\"false\" autocomplete=\"off\" autofocus>\
+         <button type=\"submit\" id=\"resolve\">{button}</button></div>\
+         <p class=\"hint\">{hint}</p>\
+         </form>\n{content}\n</main>\n<footer>{machine} <a href=\"/api/openapi.json\">{api}</a> · \
+         <code>GET /api/resolve?id=</code> · <a href=\"/.well-known/gs1resolver\">GS1 resolver</a> · \
+         <code>POST /</code> · <code>/hrls/handles</code></footer>\n\
          </body>\n</html>\n",
+        code = lang.code(),
+        short = if lang == Lang::Zh { "zh" } else { "en" },
+        switch = lang_switch(lang, typed),
+        brand = lang.t("identifier resolver", "标识解析"),
+        site = lang.t("idres resolver", "idres 标识解析"),
+        tagline = lang.t(
+            "National top-level node of the industrial internet identifier resolution system",
+            "工业互联网标识解析国家顶级节点"
+        ),
+        label = lang.t("Identifier", "标识"),
+        button = lang.t("Resolve", "解析"),
+        hint = lang.t(
+            "Any scheme: a handle (88.118.8/…), an OID, a GTIN, a GS1 Digital Link or element string (a barcode reader may type it here), an EPC URN, an Ecode, a CID.",
+            "任一标识体系：Handle（88.118.8/…）、OID、GTIN、GS1 数字链接或元素串（可用扫码枪直接录入）、EPC URN、Ecode、CID。"
+        ),
+        machine = lang.t("Machine access:", "程序接口："),
+        api = lang.t("JSON API description", "JSON 接口说明"),
         title = esc(title),
         typed = esc(typed),
     );
@@ -119,6 +231,11 @@ fn page(status: StatusCode, title: &str, typed: &str, content: &str) -> Response
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    h.insert(
+        header::CONTENT_LANGUAGE,
+        HeaderValue::from_static(lang.code()),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -328,32 +445,57 @@ fn render_ttl(v: &HandleValue) -> String {
     format!("{s} s{human}")
 }
 
-fn record_section(raw: &str, values: &[HandleValue], hidden: usize) -> String {
+fn record_section(raw: &str, values: &[HandleValue], hidden: usize, lang: Lang) -> String {
     let mut s = String::with_capacity(1024 + values.len() * 256);
+    let shown = match lang {
+        Lang::En => format!(
+            "{} value{} shown{}",
+            values.len(),
+            if values.len() == 1 { "" } else { "s" },
+            if hidden > 0 {
+                format!(", {hidden} not public")
+            } else {
+                String::new()
+            }
+        ),
+        Lang::Zh => format!(
+            "显示 {} 个值{}",
+            values.len(),
+            if hidden > 0 {
+                format!("，{hidden} 个不公开")
+            } else {
+                String::new()
+            }
+        ),
+    };
     let _ = write!(
         s,
-        "<section class=\"record\"><h2 id=\"result\">{}</h2><p class=\"meta\">{} value{} \
-         shown{} · <a href=\"{}\">as JSON</a></p>",
+        "<section class=\"record\"><h2 id=\"result\">{}</h2><p class=\"meta\">{shown} · \
+         <a href=\"{}\">{}</a></p>",
         esc(raw),
-        values.len(),
-        if values.len() == 1 { "" } else { "s" },
-        if hidden > 0 {
-            format!(", {hidden} not public")
-        } else {
-            String::new()
-        },
         esc(&api_link(raw)),
+        lang.t("as JSON", "JSON 格式"),
     );
     if values.is_empty() {
-        s.push_str(
-            "<p>This identifier exists, but none of its values may be shown publicly.</p></section>",
+        let _ = write!(
+            s,
+            "<p>{}</p></section>",
+            lang.t(
+                "This identifier exists, but none of its values may be shown publicly.",
+                "该标识存在，但没有可公开显示的值。"
+            )
         );
         return s;
     }
-    s.push_str(
-        "<table id=\"values\"><thead><tr><th scope=\"col\">Index</th><th scope=\"col\">Type</th>\
-         <th scope=\"col\">Data</th><th scope=\"col\">TTL</th><th scope=\"col\">Last changed</th>\
+    let _ = write!(
+        s,
+        "<table id=\"values\"><thead><tr><th scope=\"col\">{}</th><th scope=\"col\">{}</th>\
+         <th scope=\"col\">{}</th><th scope=\"col\">TTL</th><th scope=\"col\">{}</th>\
          </tr></thead><tbody>",
+        lang.t("Index", "索引"),
+        lang.t("Type", "类型"),
+        lang.t("Data", "数据"),
+        lang.t("Last changed", "最后修改"),
     );
     for v in values {
         let _ = write!(
@@ -375,73 +517,243 @@ fn record_section(raw: &str, values: &[HandleValue], hidden: usize) -> String {
     s
 }
 
-/// The record page (or the page explaining why there is none).
-fn record_page(app: &App, raw: &str) -> Response {
-    match lookup(app, raw) {
-        Lookup::Invalid(reason) => page(
+/// Words for a GS1 level (`01+10+21`).
+fn level_words(lang: Lang, level: &str) -> String {
+    level
+        .split('+')
+        .map(|ai| match ai {
+            "01" => "GTIN".to_owned(),
+            "00" => "SSCC".to_owned(),
+            "414" => "GLN".to_owned(),
+            "10" => lang.t("lot", "批次").to_owned(),
+            "21" => lang.t("serial", "序列号").to_owned(),
+            "22" => lang.t("variant", "产品变体").to_owned(),
+            "254" => lang.t("GLN extension", "GLN 扩展").to_owned(),
+            "handle" => "Handle".to_owned(),
+            "oid" => "OID".to_owned(),
+            "ecode" => "Ecode".to_owned(),
+            "niot" => "NIoT".to_owned(),
+            other if other.bytes().all(|b| b.is_ascii_digit()) => format!("AI ({other})"),
+            other => other.to_uppercase(),
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// Says how the identifier was read and where it led.
+fn read_section(
+    lang: Lang,
+    r: &idres_schemes::Recognised,
+    reached: Option<(&str, &str, bool)>,
+) -> String {
+    let mut s = format!(
+        "<section class=\"read\" id=\"read\"><p>{} <strong id=\"scheme\">{}</strong> \
+         (<span id=\"form\">{}</span>): <code id=\"canonical\">{}</code>",
+        lang.t("Read as", "识别为"),
+        esc(&r.scheme.to_uppercase()),
+        esc(&r.form),
+        esc(&r.canonical)
+    );
+    if let Some((handle, level, exact)) = reached {
+        let _ = write!(
+            s,
+            ". {} <a id=\"reached\" href=\"{}\">{}</a> {} <strong id=\"level\">{}</strong>{}",
+            lang.t("Reached record", "解析到记录"),
+            esc(&page_link(handle)),
+            esc(handle),
+            lang.t("at level", "层级"),
+            esc(&level_words(lang, level)),
+            if exact {
+                String::new()
+            } else {
+                lang.t(
+                    " (no record of its own: the nearest level above answered)",
+                    "（该标识无独立记录，由上一层级应答）",
+                )
+                .to_owned()
+            }
+        );
+    }
+    s.push_str(".</p></section>");
+    s
+}
+
+/// The record page (or the page explaining why there is none), for an
+/// identifier of any scheme.
+fn record_page(app: &App, raw: &str, lang: Lang) -> Response {
+    let schemes = app.handler().schemes();
+    match idres_service::linked::read(schemes, raw) {
+        Ok(r) if r.scheme != "handle" => linked_page(app, raw, &r, lang),
+        Ok(_) => handle_page(app, raw, lang, false),
+        Err(idres_schemes::SchemeError::Unknown(..)) => handle_page(app, raw, lang, true),
+        Err(e) => page(
+            lang,
             StatusCode::BAD_REQUEST,
-            "Not an identifier",
+            lang.t("Not an identifier", "不是有效的标识"),
             raw,
             &error_section(
-                "This is not a valid identifier",
+                lang.t("This is not a valid identifier", "这不是有效的标识"),
+                &format!("<code>{}</code>: {}", esc(raw), esc(&e.to_string())),
+            ),
+        ),
+    }
+}
+
+/// A linked identifier's page: how it was read, and the record reached.
+fn linked_page(app: &App, raw: &str, r: &idres_schemes::Recognised, lang: Lang) -> Response {
+    let found = match idres_service::linked::find(&**app.store(), r) {
+        Ok(f) => f,
+        Err(_) => return failed_page(raw, lang),
+    };
+    let Some(found) = found else {
+        return page(
+            lang,
+            StatusCode::NOT_FOUND,
+            lang.t("Not found", "未找到"),
+            raw,
+            &format!(
+                "{}{}",
+                read_section(lang, r, None),
+                error_section(
+                    lang.t("Not found", "未找到"),
+                    &format!(
+                        "{} <code>{}</code>",
+                        lang.t(
+                            "No record at this node is linked to this identifier or to a level above it:",
+                            "本节点没有与该标识或其上层级关联的记录："
+                        ),
+                        esc(&r.canonical)
+                    ),
+                )
+            ),
+        );
+    };
+    let Ok(values) = found.record.values() else {
+        return failed_page(raw, lang);
+    };
+    let total = values.len();
+    let mut public: Vec<HandleValue> = values
+        .into_iter()
+        .filter(|v| v.permissions.public_read())
+        .collect();
+    public.sort_by_key(|v| v.index);
+    let level = found
+        .level
+        .as_ref()
+        .map(|l| l.name.as_str())
+        .unwrap_or("handle");
+    page(
+        lang,
+        StatusCode::OK,
+        &found.handle,
+        raw,
+        &format!(
+            "{}{}",
+            read_section(lang, r, Some((&found.handle, level, found.exact))),
+            record_section(&found.handle, &public, total - public.len(), lang)
+        ),
+    )
+}
+
+fn failed_page(raw: &str, lang: Lang) -> Response {
+    page(
+        lang,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        lang.t("Error", "错误"),
+        raw,
+        &error_section(
+            lang.t("The node could not read its records", "节点无法读取记录"),
+            lang.t(
+                "Something went wrong inside this node while looking the identifier up. Please try again in a moment.",
+                "节点在查询该标识时出错，请稍后重试。",
+            ),
+        ),
+    )
+}
+
+/// A handle's page; `no_scheme` when no other scheme reads the input.
+fn handle_page(app: &App, raw: &str, lang: Lang, no_scheme: bool) -> Response {
+    match lookup(app, raw) {
+        Lookup::Invalid(reason) => page(
+            lang,
+            StatusCode::BAD_REQUEST,
+            lang.t("Not an identifier", "不是有效的标识"),
+            raw,
+            &error_section(
+                lang.t("This is not a valid identifier", "这不是有效的标识"),
                 &format!(
-                    "<code>{}</code>: {} (at byte {}). An identifier looks like \
-                     <code>88.118.8/JXDY2106023</code>: a prefix of dot-separated parts, a \
-                     slash, and a suffix.",
+                    "<code>{}</code>: {} (at byte {}). {}{}",
                     esc(&reason.input),
                     esc(&sentence(reason.reason)),
-                    reason.position
+                    reason.position,
+                    lang.t(
+                        "A handle looks like <code>88.118.8/JXDY2106023</code>: a prefix of dot-separated parts, a slash, and a suffix.",
+                        "Handle 形如 <code>88.118.8/JXDY2106023</code>：以点分隔的前缀、斜杠和后缀。"
+                    ),
+                    if no_scheme {
+                        lang.t(
+                            " No other scheme (OID, GS1, Ecode, NIoT, CID) reads it either.",
+                            " 其他标识体系（OID、GS1、Ecode、NIoT、CID）也无法识别。",
+                        )
+                    } else {
+                        ""
+                    }
                 ),
             ),
         ),
         Lookup::NotFound(h) => page(
+            lang,
             StatusCode::NOT_FOUND,
-            "Not found",
+            lang.t("Not found", "未找到"),
             raw,
             &error_section(
-                "Not found",
-                &format!(
-                    "The identifier <code>{}</code> is not registered at this node. Check the \
-                     suffix's spelling: upper and lower case differ there, though not in the \
-                     prefix <code>{}</code>.",
-                    esc(h.as_str()),
-                    esc(h.prefix_str())
-                ),
+                lang.t("Not found", "未找到"),
+                &match lang {
+                    Lang::En => format!(
+                        "The identifier <code>{}</code> is not registered at this node. Check the \
+                         suffix's spelling: upper and lower case differ there, though not in the \
+                         prefix <code>{}</code>.",
+                        esc(h.as_str()),
+                        esc(h.prefix_str())
+                    ),
+                    Lang::Zh => format!(
+                        "标识 <code>{}</code> 未在本节点注册。请检查后缀的拼写：后缀区分大小写，前缀 <code>{}</code> 不区分。",
+                        esc(h.as_str()),
+                        esc(h.prefix_str())
+                    ),
+                },
             ),
         ),
         Lookup::Referral(h, service, values) => {
             let sites: Vec<String> = values.iter().map(render_data).collect();
             page(
+                lang,
                 StatusCode::OK,
                 h.as_str(),
                 raw,
                 &format!(
-                    "<section class=\"record\"><h2 id=\"result\">{}</h2><p>Prefix <code>{}</code> \
-                     is delegated to another node, described by {}. Ask that node for this \
-                     identifier:</p><ul><li>{}</li></ul></section>",
+                    "<section class=\"record\"><h2 id=\"result\">{}</h2><p>{} <code>{}</code> \
+                     {} {}:</p><ul><li>{}</li></ul></section>",
                     esc(h.as_str()),
+                    lang.t("Prefix", "前缀"),
                     esc(&h.prefix().to_string()),
+                    lang.t(
+                        "is delegated to another node; ask that node for this identifier. It is described by",
+                        "已委托给其他节点，请向该节点查询此标识。其描述为"
+                    ),
                     handle_link(&service),
                     sites.join("</li><li>")
                 ),
             )
         }
         Lookup::Found(h, values, hidden) => page(
+            lang,
             StatusCode::OK,
             h.as_str(),
             raw,
-            &record_section(raw, &values, hidden),
+            &record_section(raw, &values, hidden, lang),
         ),
-        Lookup::Failed => page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Error",
-            raw,
-            &error_section(
-                "The node could not read its records",
-                "Something went wrong inside this node while looking the identifier up. \
-                 Please try again in a moment.",
-            ),
-        ),
+        Lookup::Failed => failed_page(raw, lang),
     }
 }
 
@@ -465,6 +777,22 @@ fn wants_json(headers: &HeaderMap) -> bool {
 
 async fn json_for(app: &App, raw: &str, q: &Query, parts: &Parts) -> Response {
     let pretty = q.flag("pretty").ok().flatten().unwrap_or(false);
+    let other_scheme = idres_service::linked::read(app.handler().schemes(), raw)
+        .is_ok_and(|r| r.scheme != "handle");
+    if other_scheme {
+        return match crate::api::any_json(
+            app,
+            raw,
+            q,
+            &parts.headers,
+            parts.extensions.get::<ConnInfo>(),
+        )
+        .await
+        {
+            Ok((status, body)) => json_response(status, &body, pretty),
+            Err(e) => e.into_response(),
+        };
+    }
     match resolve_json(
         app,
         raw,
@@ -479,25 +807,36 @@ async fn json_for(app: &App, raw: &str, q: &Query, parts: &Parts) -> Response {
     }
 }
 
-/// `GET /`: the form, or with `?handle=` the record.
+/// `GET /`: the form, or with `?handle=` the record of an identifier of
+/// any scheme.
 pub async fn home(State(app): State<Arc<App>>, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let q = Query::parse(parts.uri.query());
+    let lang = Lang::of(&parts.headers, &q);
     let typed = q.first("handle").map(str::trim).unwrap_or("").to_owned();
     if typed.is_empty() {
         return page(
+            lang,
             StatusCode::OK,
-            "Resolve an identifier",
+            lang.t("Resolve an identifier", "标识解析"),
             "",
-            "<section><h2>Resolve an identifier</h2><p>Type an identifier above to see its \
-             values. Following <code>/&lt;identifier&gt;</code> takes you to its URL, as a \
-             Handle proxy does; add <code>?noredirect</code> to see the record instead.</p></section>",
+            lang.t(
+                "<section><h2>Resolve an identifier</h2><p>Type, paste or scan an identifier of any \
+                 scheme above to see its record: a handle, an OID, a GTIN or GS1 Digital Link \
+                 (with lot and serial), an EPC URN, an Ecode, a CID. Following \
+                 <code>/&lt;identifier&gt;</code> takes you to its URL, as a Handle proxy does; add \
+                 <code>?noredirect</code> to see the record instead.</p></section>",
+                "<section><h2>标识解析</h2><p>在上方输入、粘贴或扫描任一体系的标识即可查看其记录：\
+                 Handle、OID、GTIN 或 GS1 数字链接（含批次与序列号）、EPC URN、Ecode、CID。\
+                 访问 <code>/&lt;标识&gt;</code> 会像 Handle 代理一样跳转到其 URL；加上 \
+                 <code>?noredirect</code> 则显示记录。</p></section>",
+            ),
         );
     }
     if wants_json(&parts.headers) {
         return json_for(&app, &typed, &q, &parts).await;
     }
-    record_page(&app, &typed)
+    record_page(&app, &typed, lang)
 }
 
 /// `GET /{handle}`: redirect to the record's URL, or show the record.
@@ -519,6 +858,7 @@ pub async fn by_path(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(s) => s.into_owned(),
         Err(_) => {
             return page(
+                Lang::En,
                 StatusCode::BAD_REQUEST,
                 "Not an identifier",
                 "",
@@ -548,7 +888,7 @@ pub async fn by_path(State(app): State<Arc<App>>, req: Request) -> Response {
             }
         }
     }
-    record_page(&app, &raw)
+    record_page(&app, &raw, Lang::of(&parts.headers, &q))
 }
 
 #[cfg(test)]
