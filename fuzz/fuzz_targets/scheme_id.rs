@@ -8,11 +8,29 @@ use libfuzzer_sys::fuzz_target;
 
 static SCHEMES: OnceLock<idres_schemes::Schemes> = OnceLock::new();
 
+/// The default schemes plus an Ecode version, NIoT rules of both kinds and
+/// a second configured scheme, so that every parser is reached.
+fn schemes() -> idres_schemes::Schemes {
+    let config: idres_schemes::SchemesConfig = serde_json::from_value(serde_json::json!({
+        "ecode": [{"version": 5, "nsi_digits": 3, "md_max": 10, "chars": "alnum"}],
+        "niot": [
+            {"name": "gs1", "code": "NIOT.GS1.", "coding": "gs1", "resolution": "through"},
+            {"name": "own", "code": "NIOT.X.", "pattern": "[0-9A-F]{4,32}"}
+        ],
+        "custom": [
+            {"name": "cid", "pattern": "(?i)CID[:.]?([0-9A-Z]{4,64})", "template": "CID$1", "canonical": "upper"},
+            {"name": "vin", "pattern": "[A-HJ-NPR-Z0-9]{17}"}
+        ]
+    }))
+    .expect("the fuzz configuration reads");
+    idres_schemes::Schemes::new(&config).expect("the fuzz configuration is valid")
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(id) = std::str::from_utf8(data) else {
         return;
     };
-    let schemes = SCHEMES.get_or_init(idres_schemes::Schemes::default);
+    let schemes = SCHEMES.get_or_init(schemes);
     let Ok(r) = schemes.recognise(id) else {
         return;
     };

@@ -74,6 +74,11 @@ pub fn base_url(app: &App, headers: &HeaderMap) -> String {
 }
 
 fn cors(h: &mut HeaderMap) {
+    // The answer depends on these: caches must keep them apart.
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Language"),
+    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
@@ -200,11 +205,16 @@ fn linkset(base: &str, levels: &[(String, Vec<&ResolverLink>)]) -> Value {
             let mut m = Map::new();
             m.insert("anchor".into(), json!(format!("{base}{path}")));
             for l in links {
-                let entry = m
-                    .entry(l.link_type.clone())
-                    .or_insert_with(|| Value::Array(Vec::new()));
-                if let Value::Array(a) = entry {
-                    a.push(link_json(l));
+                let mut types = vec![l.link_type.clone()];
+                // A default link is also listed as the default link.
+                if l.is_default() && l.link_type != idres_schemes::resolver::DEFAULT_LINK {
+                    types.push(idres_schemes::resolver::DEFAULT_LINK.to_owned());
+                }
+                for t in types {
+                    let entry = m.entry(t).or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(a) = entry {
+                        a.push(link_json(l));
+                    }
                 }
             }
             Value::Object(m)
@@ -240,6 +250,52 @@ fn languages(headers: &HeaderMap) -> Vec<String> {
         .collect();
     ranges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     ranges.into_iter().map(|(_, _, t)| t).collect()
+}
+
+/// Media ranges of `Accept` with their q-values.
+fn media_ranges(accept: &str) -> Vec<(String, f32)> {
+    accept
+        .split(',')
+        .take(32)
+        .filter_map(|part| {
+            let mut it = part.split(';');
+            let range = it.next()?.trim().to_ascii_lowercase();
+            let q = it
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                })
+                .unwrap_or(1.0);
+            (range.contains('/')).then_some((range, q))
+        })
+        .collect()
+}
+
+/// How much `Accept` wants a media type: the q of the most specific range
+/// that matches it (`type/sub`, then `type/*`, then `*/*`); a link without
+/// a media type is matched by `*/*` only.
+fn media_q(ranges: &[(String, f32)], media: Option<&str>) -> f32 {
+    let media = media.map(|m| m.split(';').next().unwrap_or(m).trim().to_ascii_lowercase());
+    let mut best: Option<(u8, f32)> = None;
+    for (range, q) in ranges {
+        let specificity = match &media {
+            Some(m) if m == range => 3,
+            Some(m)
+                if range.ends_with("/*")
+                    && m.split('/').next() == range.split('/').next()
+                    && range != "*/*" =>
+            {
+                2
+            }
+            _ if range == "*/*" => 1,
+            _ => continue,
+        };
+        if best.is_none_or(|(s, _)| specificity > s) {
+            best = Some((specificity, *q));
+        }
+    }
+    best.map_or(0.0, |(_, q)| q)
 }
 
 fn lang_matches(range: &str, tag: &str) -> bool {
@@ -411,14 +467,12 @@ pub async fn resolve(app: Arc<App>, parts: Parts) -> Response {
             break;
         }
     }
-    if candidates.len() > 1 && !accept.is_empty() && !accept.contains("*/*") {
-        let m: Vec<&ResolverLink> = candidates
-            .iter()
-            .copied()
-            .filter(|l| l.media_type.as_deref().is_some_and(|t| accept.contains(t)))
-            .collect();
-        if !m.is_empty() {
-            candidates = m;
+    if candidates.len() > 1 && !accept.is_empty() {
+        let ranges = media_ranges(accept);
+        let q_of = |l: &&ResolverLink| media_q(&ranges, l.media_type.as_deref());
+        let best = candidates.iter().map(q_of).fold(0.0f32, f32::max);
+        if best > 0.0 {
+            candidates.retain(|l| q_of(l) == best);
         }
     }
     if let [one] = candidates[..] {

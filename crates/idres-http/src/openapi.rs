@@ -270,6 +270,53 @@ fn other_paths() -> Value {
                 "500": error_response("Storage failure.")
             }
         }},
+        "/api/resolve": {"get": {
+            "summary": "Resolve an identifier of any scheme",
+            "description": "A handle, an OID, a GTIN or SSCC, a GS1 Digital Link URI or element string, an EPC URN, an Ecode, an NIoT code or a configured scheme (CID). The answer is the record's, as /api/handles/ gives it, with id, scheme, form, canonical, level, exact and levels. A GS1 key with qualifiers and no record of its own walks up (serial, lot, GTIN).",
+            "operationId": "resolveAny",
+            "parameters": [
+                {"name": "id", "in": "query", "required": true,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 2048}},
+                {"name": "type", "in": "query", "required": false, "schema": {"type": "string"}},
+                flag("pretty", "Indent the JSON.")
+            ],
+            "responses": {
+                "200": {"description": "The record reached, and how the identifier was read.",
+                        "content": {"application/json": {"schema": {"type": "object",
+                            "required": ["responseCode", "handle", "id", "scheme", "canonical", "level", "exact"]}}}},
+                "400": error_response("The identifier is refused by its scheme, or by every scheme."),
+                "401": error_response("Wrong credentials."),
+                "403": error_response("The identity may not read the values asked for."),
+                "404": error_response("Nothing is linked to the identifier or a level above it."),
+                "500": error_response("Storage failure.")
+            }
+        }},
+        "/api/links": {"get": {
+            "summary": "Records by linked identifier (prefix)",
+            "operationId": "listLinks",
+            "parameters": [
+                {"name": "id", "in": "query", "required": false,
+                 "description": "An identifier of any scheme: its records and those of every identifier below it.",
+                 "schema": {"type": "string", "maxLength": 2048}},
+                {"name": "prefix", "in": "query", "required": false,
+                 "description": "A link-key prefix with its scheme, such as gs1:01/0952.",
+                 "schema": {"type": "string", "maxLength": 2048}},
+                {"name": "limit", "in": "query", "required": false,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}},
+                {"name": "cursor", "in": "query", "required": false, "schema": {"type": "string"}},
+                flag("pretty", "Indent the JSON.")
+            ],
+            "responses": {
+                "200": {"description": "One page of (link, handle) pairs and the next page's cursor.",
+                        "content": {"application/json": {"schema": {"type": "object",
+                            "required": ["prefix", "items", "next"],
+                            "properties": {"items": {"type": "array", "items": {"type": "object",
+                                "required": ["link", "handle"],
+                                "properties": {"link": {"type": "string"}, "handle": {"type": "string"}}}}}}}}},
+                "400": error_response("Neither or both of id and prefix, a bad identifier, limit or cursor."),
+                "500": error_response("Storage failure.")
+            }
+        }},
         "/api/prefixes": {"get": {
             "summary": "The prefixes that have a prefix record at this node",
             "operationId": "listPrefixes",

@@ -53,12 +53,16 @@ fn yes() -> bool {
     true
 }
 
-/// Expands a `gs1:` CURIE to its full link-type URI.
+/// Expands a `gs1:` CURIE to its full link-type URI; the vocabulary's
+/// other IRI (`https://ref.gs1.org/voc/`) is the same namespace.
 pub fn expand_link_type(t: &str) -> String {
-    match t.strip_prefix("gs1:") {
-        Some(rest) => format!("{GS1_VOC}{rest}"),
-        None => t.to_owned(),
+    if let Some(rest) = t.strip_prefix("gs1:") {
+        return format!("{GS1_VOC}{rest}");
     }
+    if let Some(rest) = t.strip_prefix("https://ref.gs1.org/voc/") {
+        return format!("{GS1_VOC}{rest}");
+    }
+    t.to_owned()
 }
 
 fn url_ok(s: &str) -> bool {

@@ -71,6 +71,26 @@ pub fn faults(config: &Config) -> Vec<String> {
             Some(_) => {}
         },
     }
+    // Identifier schemes: the GS1 dictionary, Ecode table, NIoT rules and
+    // configured schemes all compile.
+    if let Err(e) = config.schemes() {
+        errors.push(format!("{e:#}"));
+    }
+    if let Some(u) = &config.http.public_url {
+        let rest = u
+            .strip_prefix("https://")
+            .or_else(|| u.strip_prefix("http://"));
+        let ok = rest.is_some_and(|r| {
+            !r.is_empty()
+                && !r.contains(['?', '#', ' '])
+                && r.split('/').next().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            errors.push(format!(
+                "[http] public_url {u:?} must be an absolute http(s) URL without query, such as https://id.example.org"
+            ));
+        }
+    }
     if let Some(k) = &config.node.key {
         if let Err(e) = idres_auth::NodeKey::load(k) {
             errors.push(format!("[node] key {}: {e}", k.display()));
