@@ -756,3 +756,50 @@ def test_parse_id_reads_every_scheme(node):
     by_id = {line["id"]: line for line in lines}
     assert by_id[f"(01){GTIN}(10)LOT1(21)SER1"]["levels"] == LEVELS_SERIAL
     assert by_id[ECODE_V1]["levels"] == ["ecode"]
+
+
+def test_search_by_linked_identifier_prefix(node):
+    """Every record under a GTIN, and under a GTIN+lot, in pages; the
+    private link is not listed; a link-key prefix works as well."""
+    def links(**params):
+        r = requests.get(f"{node.base}/api/links", params=params, timeout=WAIT)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    whole = links(id=GTIN)
+    got = [(i["link"], i["handle"]) for i in whole["items"]]
+    assert whole["next"] is None
+    assert got[0] == (f"gs1:01/{GTIN}", G)
+    handles = {h for _, h in got}
+    assert {P1, LOT, G, X, SL} <= handles, got
+    assert f"{PREFIX}/PRIV" not in handles, "a link without public read is not listed"
+    assert [link for link, _ in got] == sorted(link for link, _ in got), "in link-key order"
+
+    # Under the lot: the lot's record, then every serial under it.
+    lot = links(id=f"(01){GTIN}(10)LOT1")
+    assert [(i["link"], i["handle"]) for i in lot["items"]] == [
+        (f"gs1:01/{GTIN}/10/LOT1", LOT), (f"gs1:01/{GTIN}/10/LOT1/21/SER1", P1)]
+
+    # Pages of one follow each other to the same list.
+    paged, cursor = [], None
+    for _ in range(20):
+        params = {"id": GTIN, "limit": 1}
+        if cursor:
+            params["cursor"] = cursor
+        page = links(**params)
+        assert len(page["items"]) <= 1
+        paged += [(i["link"], i["handle"]) for i in page["items"]]
+        cursor = page["next"]
+        if not cursor:
+            break
+    assert paged == got
+
+    # A raw link-key prefix: every GTIN starting with the company prefix.
+    assert {i["handle"] for i in links(prefix=f"gs1:01/{GTIN[:8]}")["items"]} == handles
+
+    for bad in ({"id": "(01)09521234543214"}, {"prefix": "nothing"}, {},
+                {"id": GTIN, "prefix": "gs1:"}, {"id": GTIN, "cursor": "!!"},
+                {"id": GTIN, "limit": "0"}):
+        r = requests.get(f"{node.base}/api/links", params=bad, timeout=WAIT)
+        assert r.status_code == 400, (bad, r.status_code, r.text)
+        assert r.json()["message"], bad
