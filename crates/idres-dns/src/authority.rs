@@ -92,6 +92,7 @@ pub struct Authority {
     timers: Timers,
     max_udp_payload: u16,
     faces: Option<DnsFaces>,
+    schemes: idres_schemes::Schemes,
 }
 
 /// The request counters of the three transports.
@@ -156,9 +157,11 @@ enum Place {
     Apex,
     Host,
     Oid(Oid),
-    /// A GS1 key in the ONS tree: its link key.
+    /// A GS1 key in the ONS tree, or another scheme's identifier under
+    /// `<scheme>.id`: its link key.
     Gs1(String),
-    /// `gs1.id` or `<type>.gs1.id`: names with GS1 keys below them.
+    /// `gs1.id`, `<type>.gs1.id`, `<scheme>.id`: names with identifiers
+    /// below them.
     Gs1Tree,
     Nowhere,
 }
@@ -277,6 +280,7 @@ impl Authority {
             },
             max_udp_payload: config.max_udp_payload.max(CLASSIC_UDP),
             faces: None,
+            schemes: config.schemes.clone(),
         })
     }
 
@@ -461,10 +465,35 @@ impl Authority {
         if let Some(p) = ons_place(below, |i| q.label(name, i)) {
             return p;
         }
+        if let Some(p) = self.scheme_place(below, |i| q.label(name, i)) {
+            return p;
+        }
         match Oid::from_dns_labels((0..below).map(|i| q.label(name, i))) {
             Ok(oid) => Place::Oid(oid),
             Err(_) => Place::Nowhere,
         }
+    }
+
+    /// `<identifier>.<scheme>.id.<zone>` for Ecode and configured schemes
+    /// (CID): the identifier is one label, read by its scheme (case does
+    /// not matter to DNS; the scheme's canonical form decides).
+    fn scheme_place<'n>(&self, below: usize, label: impl Fn(usize) -> &'n [u8]) -> Option<Place> {
+        if !(2..=3).contains(&below) || !label(below - 1).eq_ignore_ascii_case(b"id") {
+            return None;
+        }
+        let scheme = std::str::from_utf8(label(below - 2))
+            .ok()?
+            .to_ascii_lowercase();
+        let known = scheme == "ecode" || self.schemes.custom_names().any(|c| c == scheme);
+        if !known {
+            return None;
+        }
+        if below == 2 {
+            return Some(Place::Gs1Tree);
+        }
+        let id = std::str::from_utf8(label(0)).ok()?;
+        let r = self.schemes.recognise_as(&scheme, id).ok()?;
+        r.levels.into_iter().next().map(|l| Place::Gs1(l.key))
     }
 
     fn answer_apex(&self, resp: &mut Response<'_>, qtype: u16, apex: usize) {

@@ -45,6 +45,10 @@ pub struct DnsConfig {
     /// Most OID records for which the index of empty non-terminals is
     /// kept in memory (past it, the store is asked on each miss).
     pub index_max_records: usize,
+    /// The identifier schemes that read names under `<scheme>.id.<zone>`
+    /// (set by the node from `[schemes]`, not read from `[dns]`).
+    #[serde(skip)]
+    pub schemes: idres_schemes::Schemes,
     /// Largest UDP response we send to an EDNS client (RFC 6891 §6.2.5).
     pub max_udp_payload: u16,
     /// Most TCP connections at once; when full, the longest-idle one is
@@ -83,6 +87,7 @@ impl Default for DnsConfig {
             listen: None,
             doq_listen: None,
             zone: idres_model::oid::DEFAULT_ORS_ZONE.to_owned(),
+            schemes: idres_schemes::Schemes::default(),
             cert: None,
             key: None,
             udp_workers: 0,

@@ -2,9 +2,12 @@
 //!
 //! A record names identifiers of other schemes in typed values (`GS1.DL`,
 //! `ECODE`, `OID`, `CID`, …); [`idres_schemes::Schemes::link_key`] gives
-//! each its link key. Each claim is a key `l` + link key + NUL + handle,
-//! written in the same batch as the record. Only values with public read
-//! are indexed, as for the value index.
+//! each its link key. Each link key has one index key, `l` + link key,
+//! whose value is the handles that claim it (NUL-separated, in handle
+//! order; one unless the scheme's links may be shared), written in the
+//! same batch as the record. A lookup is one point read; a prefix scan
+//! lists every identifier below one (every serial under a GTIN+lot). Only
+//! values with public read are indexed, as for the value index.
 
 use idres_model::{HandleValue, Permissions};
 use idres_schemes::Schemes;
@@ -14,29 +17,29 @@ use crate::keys;
 /// Most records returned for one shared link key.
 pub const MAX_CLAIMS: usize = 64;
 
-/// The range prefix of one link key: `l` + key + NUL.
-pub fn claim_prefix(link_key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + link_key.len());
+/// Version of this layout, part of the configuration fingerprint so that
+/// an index of another layout is rebuilt.
+pub const LAYOUT: &str = "links-v2";
+
+/// The index key of one link key: `l` + key.
+pub fn key(link_key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + link_key.len());
     k.push(keys::LINK);
     k.extend_from_slice(link_key.as_bytes());
-    k.push(0);
     k
 }
 
-/// The index key of one claim.
-pub fn claim(link_key: &str, handle: &str) -> Vec<u8> {
-    let mut k = claim_prefix(link_key);
-    k.extend_from_slice(handle.as_bytes());
-    k
+/// The claimants stored under a link key.
+pub fn decode(v: &[u8]) -> Vec<String> {
+    v.split(|b| *b == 0)
+        .filter(|h| !h.is_empty())
+        .filter_map(|h| std::str::from_utf8(h).ok().map(str::to_owned))
+        .collect()
 }
 
-/// Splits an index key after `l` into (link key, handle).
-pub fn split(rest: &[u8]) -> Option<(&str, &str)> {
-    let nul = rest.iter().position(|b| *b == 0)?;
-    Some((
-        std::str::from_utf8(&rest[..nul]).ok()?,
-        std::str::from_utf8(&rest[nul + 1..]).ok()?,
-    ))
+/// The stored form of claimants (sorted, without repeats).
+pub fn encode(handles: &[String]) -> Vec<u8> {
+    handles.join("\0").into_bytes()
 }
 
 /// The link keys a record's values claim, sorted and without repeats;

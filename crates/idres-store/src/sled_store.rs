@@ -233,7 +233,8 @@ fn migrate(db: &sled::Db, policy: Option<&dyn ValuePolicy>) -> Result<(), StoreE
 /// A record whose link is invalid or taken under the new configuration
 /// keeps its values; that claim is left out and logged.
 fn rebuild_links(db: &sled::Db, schemes: &Schemes) -> Result<(), StoreError> {
-    let fp = schemes.fingerprint().as_bytes();
+    let fp = format!("{}:{}", links::LAYOUT, schemes.fingerprint());
+    let fp = fp.as_bytes();
     if db.get(keys::META_LINK_CONFIG).map_err(io)?.as_deref() == Some(fp) {
         return Ok(());
     }
@@ -251,7 +252,8 @@ fn rebuild_links(db: &sled::Db, schemes: &Schemes) -> Result<(), StoreError> {
     }
     db.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
     pending = 0;
-    let mut claimed: HashMap<String, String> = HashMap::new();
+    // Records come in handle order, so each list of claimants is sorted.
+    let mut claimed: HashMap<String, Vec<String>> = HashMap::new();
     let (mut records, mut claims, mut skipped) = (0usize, 0usize, 0usize);
     for item in db.scan_prefix([keys::HANDLE]) {
         let (k, v) = item.map_err(io)?;
@@ -271,18 +273,19 @@ fn rebuild_links(db: &sled::Db, schemes: &Schemes) -> Result<(), StoreError> {
             }
         };
         for link in found {
-            if !schemes.shared(&link) {
-                if let Some(other) = claimed.get(&link) {
-                    tracing::warn!(handle = key, link = %link, other = %other, "link already claimed; left out of the index");
-                    skipped += 1;
-                    continue;
-                }
-                claimed.insert(link.clone(), key.to_owned());
+            let holders = claimed.entry(link.clone()).or_default();
+            if !holders.is_empty() && !schemes.shared(&link) {
+                tracing::warn!(handle = key, link = %link, other = %holders[0], "link already claimed; left out of the index");
+                skipped += 1;
+                continue;
             }
-            batch.insert(links::claim(&link, key), &[][..]);
+            holders.push(key.to_owned());
             claims += 1;
-            pending += 1;
         }
+    }
+    for (link, holders) in claimed {
+        batch.insert(links::key(&link), links::encode(&holders));
+        pending += 1;
         if pending >= 4096 {
             db.apply_batch(std::mem::take(&mut batch)).map_err(io)?;
             pending = 0;
@@ -606,8 +609,8 @@ struct Group<'s> {
     overlay: HashMap<String, Option<sled::IVec>>,
     /// Auxiliary keys changed in this group: full key -> value or deleted.
     aux_overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Link claims changed in this group: link key -> handle -> claimed.
-    link_overlay: HashMap<String, HashMap<String, bool>>,
+    /// Link keys changed in this group: link key -> its claimants now.
+    link_overlay: HashMap<String, Vec<String>>,
     idempotency: HashMap<Vec<u8>, u64>,
     next_seq: u64,
     count_delta: isize,
@@ -651,9 +654,23 @@ impl<'s> Group<'s> {
         })
     }
 
+    /// The claimants of `link` in the state this request applies to:
+    /// committed, with this group's changes.
+    fn claimants(&self, link: &str) -> Result<Vec<String>, StoreError> {
+        if let Some(o) = self.link_overlay.get(link) {
+            return Ok(o.clone());
+        }
+        Ok(self
+            .shared
+            .db
+            .get(links::key(link))
+            .map_err(io)?
+            .map(|v| links::decode(&v))
+            .unwrap_or_default())
+    }
+
     /// A handle other than `me` that claims `link` in the state this
-    /// request applies to: committed claims and this group's, less those
-    /// that this request (`diffs`) or the group gives up.
+    /// request applies to, less those that this request (`diffs`) gives up.
     fn claimant(
         &self,
         link: &str,
@@ -665,25 +682,10 @@ impl<'s> Group<'s> {
                 .get(h)
                 .is_some_and(|(removed, _)| removed.iter().any(|l| l == link))
         };
-        let overlay = self.link_overlay.get(link);
-        if let Some(o) = overlay {
-            for (h, claimed) in o {
-                if *claimed && h != me && !gives_up(h) {
-                    return Ok(Some(h.clone()));
-                }
-            }
-        }
-        for item in self.shared.db.scan_prefix(links::claim_prefix(link)) {
-            let (k, _) = item.map_err(io)?;
-            let Some((_, h)) = links::split(&k[1..]) else {
-                continue;
-            };
-            if h == me || gives_up(h) || overlay.is_some_and(|o| o.get(h) == Some(&false)) {
-                continue;
-            }
-            return Ok(Some(h.to_owned()));
-        }
-        Ok(None)
+        Ok(self
+            .claimants(link)?
+            .into_iter()
+            .find(|h| h != me && !gives_up(h)))
     }
 
     fn applied_key(&self, k: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -861,21 +863,33 @@ impl<'s> Group<'s> {
                 }
             }
         }
-        for (key, (removed, added)) in link_diffs {
+        let mut changed: HashMap<String, Vec<String>> = HashMap::new();
+        for (key, (removed, added)) in &link_diffs {
+            for link in removed.iter().chain(added) {
+                if !changed.contains_key(link) {
+                    changed.insert(link.clone(), self.claimants(link)?);
+                }
+            }
             for link in removed {
-                self.del(links::claim(&link, &key));
-                self.link_overlay
-                    .entry(link)
-                    .or_default()
-                    .insert(key.clone(), false);
+                if let Some(c) = changed.get_mut(link) {
+                    c.retain(|h| h != key);
+                }
             }
             for link in added {
-                self.put(links::claim(&link, &key), &[][..]);
-                self.link_overlay
-                    .entry(link)
-                    .or_default()
-                    .insert(key.clone(), true);
+                if let Some(c) = changed.get_mut(link) {
+                    if let Err(at) = c.binary_search(key) {
+                        c.insert(at, key.clone());
+                    }
+                }
             }
+        }
+        for (link, claimants) in changed {
+            if claimants.is_empty() {
+                self.del(links::key(&link));
+            } else {
+                self.put(links::key(&link), links::encode(&claimants));
+            }
+            self.link_overlay.insert(link, claimants);
         }
         for (key, value) in aux {
             match value {
@@ -1596,16 +1610,11 @@ impl Store for SledStore {
     }
 
     fn find_link(&self, link_key: &str) -> Result<Vec<String>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.shared.db.scan_prefix(links::claim_prefix(link_key)) {
-            let (k, _) = item.map_err(io)?;
-            if let Some((_, h)) = links::split(&k[1..]) {
-                out.push(h.to_owned());
-            }
-            if out.len() >= links::MAX_CLAIMS {
-                break;
-            }
-        }
+        let mut out = match self.shared.db.get(links::key(link_key)).map_err(io)? {
+            Some(v) => links::decode(&v),
+            None => Vec::new(),
+        };
+        out.truncate(links::MAX_CLAIMS);
         Ok(out)
     }
 
@@ -1615,25 +1624,28 @@ impl Store for SledStore {
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let mut start = vec![keys::LINK];
-        start.extend_from_slice(prefix.as_bytes());
+        let start = links::key(prefix);
         let end = keys::prefix_end(&start);
         let from = match after {
-            Some((l, h)) => {
-                let mut k = links::claim(l, h);
-                k.push(0);
-                k.max(start)
-            }
+            Some((l, _)) => links::key(l).max(start),
             None => start,
         };
         let mut out = Vec::new();
         for item in self.shared.db.range(from..end) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, _) = item.map_err(io)?;
-            if let Some((l, h)) = links::split(&k[1..]) {
-                out.push((l.to_owned(), h.to_owned()));
+            let (k, v) = item.map_err(io)?;
+            let Ok(link) = std::str::from_utf8(&k[1..]) else {
+                continue;
+            };
+            for h in links::decode(&v) {
+                if let Some((al, ah)) = after {
+                    if link == al && h.as_str() <= ah {
+                        continue;
+                    }
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                out.push((link.to_owned(), h));
             }
         }
         Ok(out)

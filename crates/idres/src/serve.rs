@@ -253,7 +253,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     announce("handle", handle_addr);
     let dns = if config.dns.listen.is_some() || config.dns.doq_listen.is_some() {
         let sockets = idres_dns::DnsSockets::bind(&config.dns)?;
-        let dns = idres_dns::start(&config.dns, Arc::clone(&dyn_store), sockets, Some(&metrics))?;
+        let mut dns_config = config.dns.clone();
+        dns_config.schemes = config.schemes()?;
+        let dns = idres_dns::start(&dns_config, Arc::clone(&dyn_store), sockets, Some(&metrics))?;
         if let Some(a) = dns.udp_addr() {
             announce("dns", a);
         }
