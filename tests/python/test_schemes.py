@@ -11,7 +11,11 @@ outside, on every face:
   `hdl_native` (link keys such as `gs1:01/…/10/…/21/…` as the handle);
 * the `idres resolve` and `idres parse-id` command lines;
 * gRPC `ResolveService.Resolve` / `BatchResolve` with grpcio stubs
-  generated from proto/ (development plaintext on loopback).
+  generated from proto/ (development plaintext on loopback);
+* DNS over UDP and TCP with dig (BIND's client): GS1 keys in the ONS form
+  under `gs1.id.<zone>`, OIDs by their ORS names, Ecodes and configured
+  schemes as one label under `<scheme>.id.<zone>`. DNS answers only the
+  exact key: it does not walk a GS1 key up.
 
 The node is set up with `idres init-prefix` and `idres import` on a fresh
 data directory and served by `idres serve` on loopback ports it picks
@@ -21,6 +25,8 @@ configured scheme (`[[schemes.custom]]`). Every wait is bounded.
 
 import json
 import os
+import re
+import shutil
 import subprocess
 
 import grpc
@@ -177,6 +183,8 @@ class Node:
         self.host, port = self.handle_addr.rsplit(":", 1)
         self.port = int(port)
         self.config = os.path.join(server.dir, "idres.toml")
+        dns = server.faces.get("dns")
+        self.dns_port = int(dns.rsplit(":", 1)[1]) if dns else None
 
     def alive(self):
         return self.server.proc.poll() is None
@@ -189,8 +197,9 @@ def node(tmp_path_factory):
     # E5B written through the node.
     init_store(d, product_records() + [
         {"handle": E5, "values": [sv(1, "URL", url("e5")), sv(10, "ECODE", ECODE_V5)]}], config=CONFIG)
-    server = Server(d, ["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--grpc-dev-plaintext"],
-                    ["http", "handle", "grpc"], config=CONFIG)
+    server = Server(d, ["--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--grpc-dev-plaintext",
+                        "--dns-listen", "127.0.0.1:0"],
+                    ["http", "handle", "grpc", "dns"], config=CONFIG)
     try:
         n = Node(server)
         r = put(n, E5B, [sv(1, "URL", url("e5b")), sv(10, "ECODE", ECODE_V5B)])
@@ -455,6 +464,200 @@ def test_grpc_resolve_any_scheme(node, pb):
             if e.code() != grpc.StatusCode.INVALID_ARGUMENT or "check digit" not in e.details():
                 failures.append(f"Resolve of a wrong check digit: {e.code().name} {e.details()}")
     assert not failures, f"{len(failures)} of {2 * len(cases) + 1} gRPC checks failed:\n" + "\n".join(failures)
+
+
+# --- DNS ---------------------------------------------------------------------
+
+#: the ORS zone: the default, this node's configuration sets no [dns] zone
+ZONE = "oid-res.org."
+assert "[dns]" not in CONFIG
+
+
+def ons_name(key, kind="gtin"):
+    """A GS1 key in the ONS form: its digits reversed, one per label."""
+    return ".".join(reversed(key)) + f".{kind}.gs1.id.{ZONE}"
+
+
+def ors_name(oid):
+    """An OID's ORS name: its arcs reversed under the zone."""
+    return ".".join(reversed(oid.split("."))) + f".{ZONE}"
+
+
+def scheme_name(label, scheme):
+    """An Ecode or a configured scheme's identifier: one label under
+    `<scheme>.id.<zone>`."""
+    return f"{label}.{scheme}.id.{ZONE}"
+
+
+assert ons_name(GTIN) == "3.1.2.3.4.5.4.3.2.1.2.5.9.0.gtin.gs1.id.oid-res.org."
+assert ors_name(OID) == "1.3001.156.2.1.oid-res.org."
+assert scheme_name(ECODE_V1, "ecode") == "10001123456789.ecode.id.oid-res.org."
+
+#: the GTIN with a wrong check digit
+GTIN_BAD = GTIN[:-1] + str((int(GTIN[-1]) + 1) % 10)
+assert mod10(GTIN_BAD[:-1]) != GTIN_BAD[-1]
+
+#: Ecode V5 is a version of this node only through its [[schemes.ecode]] row
+V5_CONFIGURED = "version = 5" in CONFIG
+
+DIG_TRANSPORTS = {"udp": "+notcp", "tcp": "+tcp"}
+
+
+def dig(node, name, rtype, transport):
+    assert shutil.which("dig"), "dig (Debian dnsutils) is required"
+    assert node.dns_port, "the node has no DNS listener"
+    out = subprocess.run(["dig", "-p", str(node.dns_port), "@127.0.0.1", name, rtype, DIG_TRANSPORTS[transport],
+                          "+time=3", "+tries=2"], capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 0, f"dig {name} {rtype} ({transport}): exit {out.returncode}\n{out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def dig_status(text):
+    m = re.search(r"status: (\w+)", text)
+    assert m, text
+    return m.group(1)
+
+
+def dig_flags(text):
+    m = re.search(r";; flags: ([a-z ]*);", text)
+    assert m, text
+    return m.group(1).split()
+
+
+def dig_section(text, section):
+    """The record lines of one section of dig's output (ANSWER, AUTHORITY)."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line.startswith(";; ") and line.endswith("SECTION:"):
+            inside = line == f";; {section} SECTION:"
+            continue
+        if inside:
+            if not line.strip():
+                inside = False
+            elif not line.startswith(";"):
+                lines.append(line)
+    return lines
+
+
+def records_of(lines, rtype):
+    """(owner, rdata) of the lines of one type."""
+    out = []
+    for line in lines:
+        parts = line.split(None, 4)
+        if len(parts) == 5 and parts[2] == "IN" and parts[3] == rtype:
+            out.append((parts[0], parts[4]))
+    return out
+
+
+def txt_strings(rdata):
+    """The character-strings of a TXT rdata as dig prints it, joined."""
+    return "".join(bytes(m, "utf-8").decode("unicode_escape") for m in re.findall(r'"((?:[^"\\]|\\.)*)"', rdata))
+
+
+def naptr_regexp(rdata):
+    """The regexp field of a NAPTR rdata: order pref "flags" "service" "regexp" replacement."""
+    m = re.fullmatch(r'(\d+) (\d+) "([^"]*)" "([^"]*)" "((?:[^"\\]|\\.)*)" (\S+)', rdata.strip())
+    assert m, rdata
+    return m.group(5)
+
+
+def dns_answer_problems(node, what, name, handle, transport):
+    """The faults of the NAPTR and TXT answers for name: they must be
+    handle's record (its URL, index 1, is the only URL value of each)."""
+    problems = []
+    want = URLS[handle]
+    out = dig(node, name, "TXT", transport)
+    st, ans = dig_status(out), dig_section(out, "ANSWER")
+    txt = [txt_strings(r) for _, r in records_of(ans, "TXT")]
+    urls = [t[len("URL="):] for t in txt if t.startswith("URL=")]
+    if st != "NOERROR" or urls != [want]:
+        problems.append(f"{what} {name} TXT ({transport}): {st}, URL strings {urls}, want [{want!r}] "
+                        f"({handle}): {ans}")
+    elif "aa" not in dig_flags(out):
+        problems.append(f"{what} {name} TXT ({transport}): not authoritative: {dig_flags(out)}")
+    out = dig(node, name, "NAPTR", transport)
+    st, ans = dig_status(out), dig_section(out, "ANSWER")
+    naptr = records_of(ans, "NAPTR")
+    regexps = [naptr_regexp(r) for _, r in naptr]
+    if st != "NOERROR" or regexps != [f"!^.*$!{want}!"]:
+        problems.append(f"{what} {name} NAPTR ({transport}): {st}, regexps {regexps}, want "
+                        f"['!^.*$!{want}!'] ({handle}): {ans}")
+    elif not all('"U" "ORS+UINF"' in r for _, r in naptr):
+        problems.append(f"{what} {name} NAPTR ({transport}): not U / ORS+UINF: {naptr}")
+    return problems
+
+
+def http_handle(node, ident):
+    r = get_resolve(node, ident)
+    assert r.status_code == 200, f"{ident}: {r.status_code} {r.text}"
+    return r.json()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_dns_resolves_each_linked_identifier(node, transport):
+    # Ecode V0 is the GS1 key it carries: the DNS name reaches the record
+    # HTTP names for the same identifier.
+    v0 = http_handle(node, ECODE_V0)
+    assert (v0["handle"], v0["canonical"], v0["exact"]) == (P1, f"gs1:01/{GTIN_V0}", True), v0
+    cases = [
+        ("GTIN (ONS)", ons_name(GTIN), G),
+        ("GTIN (ONS), upper-case labels", ons_name(GTIN).upper(), G),
+        ("GTIN of the Ecode V0 (ONS)", ons_name(GTIN_V0), P1),
+        # no OID record of its own: answered from the handle that names it
+        ("OID named by P1", ors_name(OID), P1),
+        ("Ecode V1", scheme_name(ECODE_V1, "ecode"), P1),
+        ("Ecode V1, upper-case labels", scheme_name(ECODE_V1, "ecode").upper(), P1),
+        ("Ecode V0", scheme_name(ECODE_V0, "ecode"), v0["handle"]),
+        ("CID", scheme_name("cidab12cd34", "cid"), P1),
+        ("CID, upper case", scheme_name("CIDAB12CD34", "CID").upper(), P1),
+    ]
+    nxdomain = [
+        ("GTIN with a wrong check digit (ONS)", ons_name(GTIN_BAD)),
+        ("unlinked GTIN (ONS)", ons_name(GTIN_UNLINKED)),
+        ("13 digits (ONS)", ons_name(GTIN[1:])),
+        ("Ecode V7", scheme_name("7000112345", "ecode")),
+        ("unlinked Ecode V1", scheme_name("10001999999999", "ecode")),
+        ("unknown CID", scheme_name("cidzzzz9999", "cid")),
+        ("unlinked OID", ors_name("1.2.156.3001.999")),
+    ]
+    if V5_CONFIGURED:
+        cases += [("Ecode V5 (configured)", scheme_name(ECODE_V5, "ecode"), E5),
+                  ("Ecode V5 written through the node", scheme_name(ECODE_V5B, "ecode"), E5B)]
+    else:
+        nxdomain += [("Ecode V5 (not configured)", scheme_name(ECODE_V5, "ecode"))]
+
+    # DNS does not walk a GS1 key up: an Ecode V0 carrying GTIN+lot(+serial)
+    # that HTTP answers from a less specific level is NXDOMAIN over DNS;
+    # the exact key of a lot is answered.
+    lot_v0 = f"0(01){GTIN}(10)LOT1"
+    j = http_handle(node, f"ecode:{lot_v0}")
+    assert (j["handle"], j["exact"]) == (LOT, True), j
+    cases.append(("Ecode V0 of GTIN+lot (exact)", scheme_name(lot_v0, "ecode"), LOT))
+    for v0_up, level_handle in ((f"0(01){GTIN}(10)LOT1(21)OTHER", LOT), (f"0(01){GTIN}(10)LOT2", G)):
+        j = http_handle(node, f"ecode:{v0_up}")
+        assert (j["handle"], j["exact"]) == (level_handle, False), j
+        nxdomain.append((f"Ecode V0 {v0_up} (HTTP walks up to {level_handle})", scheme_name(v0_up, "ecode")))
+
+    problems = []
+    for what, name, handle in cases:
+        problems += dns_answer_problems(node, what, name, handle, transport)
+    for what, name in nxdomain:
+        for rtype in ("NAPTR", "TXT"):
+            out = dig(node, name, rtype, transport)
+            st, ans = dig_status(out), dig_section(out, "ANSWER")
+            soa = records_of(dig_section(out, "AUTHORITY"), "SOA")
+            if st != "NXDOMAIN" or ans or not soa:
+                problems.append(f"{what} {name} {rtype} ({transport}): {st}, answer {ans}, SOA {soa}, "
+                                f"want NXDOMAIN with the SOA")
+    # the trees exist, without answers of their own (NODATA)
+    for name in (f"gs1.id.{ZONE}", f"gtin.gs1.id.{ZONE}", f"ecode.id.{ZONE}", f"cid.id.{ZONE}"):
+        for rtype in ("NAPTR", "TXT"):
+            out = dig(node, name, rtype, transport)
+            st, ans = dig_status(out), dig_section(out, "ANSWER")
+            if st != "NOERROR" or ans:
+                problems.append(f"{name} {rtype} ({transport}): {st}, answer {ans}, want NOERROR without one")
+    assert node.alive(), node.server.log_tail()
+    assert not problems, f"{len(problems)} DNS checks failed:\n" + "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------

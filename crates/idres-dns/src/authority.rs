@@ -177,6 +177,10 @@ const ONS_KEYS: &[(&[u8], &str, usize)] = &[
 /// per label, then the key type, `gs1`, `id` (GS1 Object Name Service
 /// 2.0.1 §5, under this zone instead of `onsepc.com`).
 fn ons_place<'n>(below: usize, label: impl Fn(usize) -> &'n [u8]) -> Option<Place> {
+    // `id.<zone>` holds the trees of every scheme (RFC 8020: it exists).
+    if below == 1 && label(0).eq_ignore_ascii_case(b"id") {
+        return Some(Place::Gs1Tree);
+    }
     if below < 2
         || !label(below - 1).eq_ignore_ascii_case(b"id")
         || !label(below - 2).eq_ignore_ascii_case(b"gs1")

@@ -196,10 +196,11 @@ impl Schemes {
                     .join("+"),
             })
             .collect();
+        let levels: Vec<Level> = levels;
         Recognised {
             scheme: scheme.to_owned(),
             form: id.form.to_owned(),
-            canonical: id.link_key(),
+            canonical: levels.first().map(|l| l.key.clone()).unwrap_or_default(),
             direct: None,
             levels,
             gs1: Some(id),
@@ -301,7 +302,14 @@ impl Schemes {
 
     /// Reads `s` with one named scheme.
     pub fn recognise_as(&self, scheme: &str, s: &str) -> Result<Recognised, SchemeError> {
-        match scheme.to_ascii_lowercase().as_str() {
+        let lower;
+        let scheme = if scheme.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = scheme.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            scheme
+        };
+        match scheme {
             "gs1" => {
                 let id = self.inner.gs1.parse(s)?;
                 Ok(self.gs1_recognised(id, "gs1"))
@@ -326,15 +334,22 @@ impl Schemes {
     }
 
     /// The scheme prefix (`gs1:`, `ecode:`, …) that `s` starts with.
-    pub fn prefixed<'s>(&self, s: &'s str) -> Option<(String, &'s str)> {
+    pub fn prefixed<'s>(&'s self, s: &'s str) -> Option<(&'s str, &'s str)> {
         let (head, rest) = s.split_once(':')?;
         if head.is_empty() || head.len() > 32 || head.contains('/') {
             return None;
         }
-        let h = head.to_ascii_lowercase();
-        let known = matches!(h.as_str(), "gs1" | "ecode" | "niot" | "oid" | "hdl")
-            || self.inner.custom.iter().any(|c| c.name == h);
-        known.then_some((h, rest))
+        if let Some(b) = ["gs1", "ecode", "niot", "oid", "hdl"]
+            .into_iter()
+            .find(|b| head.eq_ignore_ascii_case(b))
+        {
+            return Some((b, rest));
+        }
+        self.inner
+            .custom
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(head))
+            .map(|c| (c.name.as_str(), rest))
     }
 
     /// A linked identifier in the textual form the Handle face takes
@@ -345,7 +360,7 @@ impl Schemes {
         if s.len() > MAX_ID_LEN {
             return Some(Err(SchemeError::TooLong(s.len())));
         }
-        Some(self.recognise_as(&scheme, rest))
+        Some(self.recognise_as(scheme, rest))
     }
 
     /// Reads an identifier of any scheme from its syntax.
@@ -374,8 +389,7 @@ impl Schemes {
         if let Some(r) = self.linked_form(s) {
             return r;
         }
-        let lower: String = s.chars().take(8).collect::<String>().to_ascii_lowercase();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
+        if gs1::starts_with_ci(s, "http://") || gs1::starts_with_ci(s, "https://") {
             return self.recognise_as("gs1", s);
         }
         if s.get(..11)

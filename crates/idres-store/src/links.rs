@@ -62,3 +62,65 @@ pub fn of(schemes: &Schemes, values: &[HandleValue]) -> Result<Vec<String>, Stri
     out.dedup();
     Ok(out)
 }
+
+/// Claimants of recently asked link keys (those that have none too), kept
+/// current by the writer after every commit, so that a lookup through a
+/// link costs a hash probe rather than a tree descent. Bounded: past
+/// `cap` keys, new ones are no longer kept.
+#[derive(Debug)]
+pub(crate) struct LinkCache {
+    map: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<[String]>>>,
+    /// Bumped by every update, so that a fill read from the database
+    /// before an update is not kept after it.
+    generation: std::sync::atomic::AtomicU64,
+    cap: usize,
+}
+
+impl LinkCache {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            map: Default::default(),
+            generation: Default::default(),
+            cap,
+        }
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<std::sync::Arc<[String]>> {
+        if self.cap == 0 {
+            return None;
+        }
+        self.map.read().ok()?.get(key).cloned()
+    }
+
+    /// The generation a reader saw before it read the database.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Keeps what a reader found, unless the writer changed links since.
+    pub(crate) fn fill(&self, key: &str, claimants: &[String], seen: u64) {
+        if self.cap == 0 {
+            return;
+        }
+        let Ok(mut m) = self.map.write() else { return };
+        if self.generation() != seen || (m.len() >= self.cap && !m.contains_key(key)) {
+            return;
+        }
+        m.insert(key.to_owned(), claimants.into());
+    }
+
+    /// The writer's changes of one group, after they reached the database.
+    pub(crate) fn update(&self, changes: &std::collections::HashMap<String, Vec<String>>) {
+        if self.cap == 0 || changes.is_empty() {
+            return;
+        }
+        let Ok(mut m) = self.map.write() else { return };
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        for (k, v) in changes {
+            if m.contains_key(k) || m.len() < self.cap {
+                m.insert(k.clone(), v.as_slice().into());
+            }
+        }
+    }
+}

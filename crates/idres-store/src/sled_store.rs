@@ -83,6 +83,7 @@ struct Shared {
     closing: AtomicBool,
     value_policy: Option<Arc<dyn ValuePolicy>>,
     schemes: Schemes,
+    links: links::LinkCache,
     cursors: CursorCipher,
     /// A running backup's tap; the writer holds this lock for each whole
     /// group, so the tap comes and goes between groups.
@@ -400,6 +401,8 @@ impl SledStore {
             closing: AtomicBool::new(false),
             value_policy: config.value_policy.clone(),
             schemes: config.schemes.clone(),
+            // One link key costs about 256 bytes kept.
+            links: links::LinkCache::new(config.read_cache_bytes / 256),
             max_record_bytes: config.max_record_bytes,
             cursors,
             tap: Mutex::new(None),
@@ -1295,6 +1298,7 @@ fn commit_group_tapped(
         for (key, bytes) in &group.overlay {
             shared.cache.set(key, bytes.as_deref());
         }
+        shared.links.update(&group.link_overlay);
         let flush_started = std::time::Instant::now();
         shared.db.flush().map_err(unknown)?;
         let m = &shared.metrics;
@@ -1610,10 +1614,15 @@ impl Store for SledStore {
     }
 
     fn find_link(&self, link_key: &str) -> Result<Vec<String>, StoreError> {
+        if let Some(c) = self.shared.links.get(link_key) {
+            return Ok(c.iter().take(links::MAX_CLAIMS).cloned().collect());
+        }
+        let seen = self.shared.links.generation();
         let mut out = match self.shared.db.get(links::key(link_key)).map_err(io)? {
             Some(v) => links::decode(&v),
             None => Vec::new(),
         };
+        self.shared.links.fill(link_key, &out, seen);
         out.truncate(links::MAX_CLAIMS);
         Ok(out)
     }

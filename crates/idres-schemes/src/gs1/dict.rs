@@ -6,8 +6,6 @@
 //! idres is built with is compiled in ([`Dictionary::builtin`]); an operator
 //! may load another with [`Dictionary::parse`].
 
-use std::collections::HashMap;
-
 /// The dictionary compiled into idres (release 2026-01-27, Apache-2.0; see
 /// `data/NOTICE.md`).
 pub const BUILTIN: &str = include_str!("../../data/gs1-syntax-dictionary.txt");
@@ -130,10 +128,24 @@ pub struct DictionaryError {
 /// The syntax dictionary.
 #[derive(Debug, Clone)]
 pub struct Dictionary {
-    entries: HashMap<String, AiEntry>,
-    /// Whether a value of 2 digits starts each AI length: AI lengths by
-    /// their first two digits, as the dictionary defines them.
-    lengths: HashMap<[u8; 2], usize>,
+    /// Entries by [`slot`]: AIs are 2 to 4 digits, so a table of 30,000
+    /// slots answers a lookup with one index.
+    entries: Vec<Option<Box<AiEntry>>>,
+    /// AI lengths by their first two digits (0: no AI starts so), as the
+    /// dictionary defines them.
+    lengths: [u8; 100],
+}
+
+/// The table slot of an AI of 2 to 4 digits.
+fn slot(ai: &str) -> Option<usize> {
+    let b = ai.as_bytes();
+    if !(2..=4).contains(&b.len()) || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = b
+        .iter()
+        .fold(0usize, |acc, d| acc * 10 + usize::from(d - b'0'));
+    Some((b.len() - 2) * 10_000 + v)
 }
 
 impl Dictionary {
@@ -145,8 +157,8 @@ impl Dictionary {
 
     /// Reads a dictionary in the GS1 Barcode Syntax Dictionary format.
     pub fn parse(text: &str) -> Result<Self, DictionaryError> {
-        let mut entries = HashMap::new();
-        let mut lengths = HashMap::new();
+        let mut entries: Vec<Option<Box<AiEntry>>> = (0..30_000).map(|_| None).collect();
+        let mut lengths = [0u8; 100];
         for (n, raw) in text.lines().enumerate() {
             let line = n + 1;
             let err = |reason: String| DictionaryError { line, reason };
@@ -214,8 +226,10 @@ impl Dictionary {
                     title: title.to_owned(),
                 };
                 let b = ai.as_bytes();
-                lengths.insert([b[0], b[1]], ai.len());
-                entries.insert(ai, entry);
+                lengths[usize::from(b[0] - b'0') * 10 + usize::from(b[1] - b'0')] = ai.len() as u8;
+                if let Some(i) = slot(&ai) {
+                    entries[i] = Some(Box::new(entry));
+                }
             }
         }
         Ok(Self { entries, lengths })
@@ -223,12 +237,12 @@ impl Dictionary {
 
     /// The entry of one AI.
     pub fn get(&self, ai: &str) -> Option<&AiEntry> {
-        self.entries.get(ai)
+        self.entries.get(slot(ai)?)?.as_deref()
     }
 
     /// Every entry.
     pub fn entries(&self) -> impl Iterator<Item = &AiEntry> {
-        self.entries.values()
+        self.entries.iter().filter_map(|e| e.as_deref())
     }
 
     /// The AI at the start of `data` (AIs are prefix-free: the first two
@@ -238,9 +252,13 @@ impl Dictionary {
         if b.len() < 2 || !b[0].is_ascii_digit() || !b[1].is_ascii_digit() {
             return None;
         }
-        let len = *self.lengths.get(&[b[0], b[1]])?;
+        let len =
+            usize::from(self.lengths[usize::from(b[0] - b'0') * 10 + usize::from(b[1] - b'0')]);
+        if len == 0 {
+            return None;
+        }
         let ai = data.get(..len)?;
-        self.entries.contains_key(ai).then_some(ai)
+        self.get(ai).is_some().then_some(ai)
     }
 
     /// Whether AIs starting with these two digits need no FNC1 after

@@ -91,6 +91,9 @@ fn unhex(b: u8) -> Option<u8> {
 /// Percent-decodes a path segment (`query`: also `+` for space).
 pub fn unescape(s: &str, query: bool) -> Result<String, Gs1Error> {
     let b = s.as_bytes();
+    if !b.iter().any(|c| *c == b'%' || (query && *c == b'+')) {
+        return Ok(s.to_owned());
+    }
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -227,6 +230,37 @@ pub fn parse(dict: &Dictionary, uri: &str, opts: DlOptions) -> Result<DigitalLin
     if !host_ok(host) {
         return Err(Gs1Error::Uri(format!("{host:?} is not a valid host")));
     }
+    parse_after_host(
+        dict,
+        after,
+        opts,
+        format!("{}{host}", scheme.to_ascii_lowercase()),
+    )
+}
+
+/// Parses the path (and query) of a Digital Link without scheme and host:
+/// `/01/09521234543213/10/ABC?17=261231`.
+pub fn parse_path_only(
+    dict: &Dictionary,
+    path: &str,
+    opts: DlOptions,
+) -> Result<DigitalLink, Gs1Error> {
+    if path.len() > MAX_URI_LEN {
+        return Err(Gs1Error::TooLong(path.len(), MAX_URI_LEN));
+    }
+    let path = match path.find('#') {
+        Some(i) => &path[..i],
+        None => path,
+    };
+    parse_after_host(dict, path, opts, String::new())
+}
+
+fn parse_after_host(
+    dict: &Dictionary,
+    after: &str,
+    opts: DlOptions,
+    origin: String,
+) -> Result<DigitalLink, Gs1Error> {
     if let Some(bad) = after.bytes().find(|b| !uri_char(*b)) {
         return Err(Gs1Error::Uri(format!(
             "character {:?} is not allowed in a URI",
@@ -239,7 +273,7 @@ pub fn parse(dict: &Dictionary, uri: &str, opts: DlOptions) -> Result<DigitalLin
     };
     let (stem, elements) = parse_path(dict, path, opts)?;
     let mut link = DigitalLink {
-        origin: format!("{}{host}", scheme.to_ascii_lowercase()),
+        origin,
         stem: stem.to_owned(),
         path: ElementString(elements),
         attributes: ElementString::default(),
@@ -457,7 +491,8 @@ fn check(dict: &Dictionary, link: &DigitalLink, opts: DlOptions) -> Result<(), G
             element::check_value(entry, &e.value)?;
         }
     }
-    element::associations(dict, &link.element_string())
+    let all: Vec<&Element> = link.path.0.iter().chain(&link.attributes.0).collect();
+    element::associations_of(dict, &all)
 }
 
 /// Writes the Digital Link URI of an element string under `stem`. The

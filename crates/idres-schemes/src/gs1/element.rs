@@ -173,21 +173,27 @@ pub fn check_with(dict: &Dictionary, es: &ElementString, unknown_ok: bool) -> Re
 
 /// The `req` and `ex` attributes over the whole element string.
 pub fn associations(dict: &Dictionary, es: &ElementString) -> Result<(), Gs1Error> {
+    let all: Vec<&Element> = es.0.iter().collect();
+    associations_of(dict, &all)
+}
+
+/// [`associations`] over elements held elsewhere.
+pub fn associations_of(dict: &Dictionary, es: &[&Element]) -> Result<(), Gs1Error> {
     let present = |pattern: &str, not: &str| {
-        es.0.iter()
+        es.iter()
             .any(|e| e.ai != not && pattern_matches(pattern, &e.ai))
     };
-    for e in &es.0 {
+    for e in es {
         let Some(entry) = dict.get(&e.ai) else {
             continue;
         };
         for ex in &entry.ex {
             if present(ex, &e.ai) {
-                let other =
-                    es.0.iter()
-                        .find(|o| o.ai != e.ai && pattern_matches(ex, &o.ai))
-                        .map(|o| o.ai.as_str())
-                        .unwrap_or(ex);
+                let other = es
+                    .iter()
+                    .find(|o| o.ai != e.ai && pattern_matches(ex, &o.ai))
+                    .map(|o| o.ai.as_str())
+                    .unwrap_or(ex);
                 return Err(Gs1Error::Association(format!(
                     "AI ({}) may not appear with AI ({other})",
                     e.ai

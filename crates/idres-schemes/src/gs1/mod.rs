@@ -250,10 +250,16 @@ impl Gs1 {
     /// (`01/09521234543213/10/ABC`, optionally with a leading `/` and a
     /// query), the textual form after `gs1:`.
     pub fn parse_path(&self, path: &str) -> Result<Gs1Id, Gs1Error> {
-        let path = path.strip_prefix('/').unwrap_or(path);
-        let mut id = self.parse_dl(&format!("https://gs1/{path}"))?;
-        id.form = "GS1 key path";
-        Ok(id)
+        let link = if path.starts_with('/') {
+            dl::parse_path_only(&self.dict, path, self.options)
+        } else {
+            dl::parse_path_only(&self.dict, &format!("/{path}"), self.options)
+        }?;
+        Ok(Gs1Id {
+            key: link.path,
+            attributes: link.attributes,
+            form: "GS1 key path",
+        })
     }
 
     /// Reads any GS1 syntax: Digital Link URI, EPC URN, element string
@@ -263,8 +269,7 @@ impl Gs1 {
         if s.len() > dl::MAX_URI_LEN {
             return Err(Gs1Error::TooLong(s.len(), dl::MAX_URI_LEN));
         }
-        let lower: String = s.chars().take(8).collect::<String>().to_ascii_lowercase();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
+        if starts_with_ci(s, "http://") || starts_with_ci(s, "https://") {
             return self.parse_dl(s);
         }
         if s.get(..11)
@@ -287,6 +292,13 @@ impl Gs1 {
         }
         self.parse_path(s)
     }
+}
+
+/// Whether `s` starts with `prefix`, ASCII case ignored.
+pub fn starts_with_ci(s: &str, prefix: &str) -> bool {
+    s.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// Whether a URI looks like a compressed Digital Link: a last path
