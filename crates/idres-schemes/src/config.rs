@@ -80,8 +80,10 @@ pub struct SchemesConfig {
     #[serde(default = "default_custom")]
     pub custom: Vec<CustomScheme>,
     /// Schemes whose link keys several records may claim (otherwise a
-    /// second claim is refused).
-    #[serde(default)]
+    /// second claim is refused). Default `["oid"]`: `OID` values could
+    /// always be held by several records (the first in handle order
+    /// answers), and stay so.
+    #[serde(default = "default_shared")]
     pub shared_links: Vec<String>,
 }
 
@@ -92,7 +94,7 @@ impl Default for SchemesConfig {
             ecode: Vec::new(),
             niot: Vec::new(),
             custom: default_custom(),
-            shared_links: Vec::new(),
+            shared_links: default_shared(),
         }
     }
 }
@@ -106,6 +108,11 @@ pub fn default_custom() -> Vec<CustomScheme> {
         canonical: Canonical::Upper,
         template: Some("CID$1".into()),
     }]
+}
+
+/// The schemes whose links are shared by default: OID.
+pub fn default_shared() -> Vec<String> {
+    vec!["oid".into()]
 }
 
 /// A configured scheme ready for use.
