@@ -685,7 +685,7 @@ def test_conflicting_link_is_refused_over_http(node):
     for data in (DL_SERIAL, f"(01){GTIN}(10)LOT1(21)SER1", f"https://id.gs1.org/{DL_SERIAL}?17=261231"):
         r = put(node, b, [sv(1, "URL", url("b")), sv(10, "GS1.DL", data)])
         refused_conflict(r, LINK_SERIAL, P1, b, status_faults)
-    for typ, data, key in (("ECODE", ECODE_V1, f"ecode:{ECODE_V1}"), ("OID", OID, f"oid:{OID}"),
+    for typ, data, key in (("ECODE", ECODE_V1, f"ecode:{ECODE_V1}"),
                            ("CID", "cid.ab12cd34", CID_KEY), ("GS1.GTIN", GTIN, f"gs1:01/{GTIN}")):
         holder = G if typ == "GS1.GTIN" else P1
         r = put(node, b, [sv(1, "URL", url("b")), sv(10, typ, data)])
@@ -693,6 +693,15 @@ def test_conflicting_link_is_refused_over_http(node):
     # nothing of B was written, and the link still leads to P1
     assert requests.get(f"{node.base}/api/handles/{b}", timeout=WAIT).status_code == 404
     assert get_resolve(node, LINK_SERIAL).json()["handle"] == P1
+
+    # OID links are shared by default (several records could always name
+    # one OID): the first claimant in handle order answers.
+    r = put(node, b, [sv(1, "URL", url("b")), sv(10, "OID", OID)])
+    assert r.status_code in (200, 201), f"a second record naming the OID: {r.status_code} {r.text}"
+    assert get_resolve(node, OID).json()["handle"] == min(b, P1)
+    d = requests.delete(f"{node.base}/api/handles/{b}", headers={"Authorization": basic()}, timeout=WAIT)
+    assert d.status_code == 200, d.text
+    assert get_resolve(node, OID).json()["handle"] == P1
 
     # A record keeps its own link when rewritten; a link given up is free.
     m1, m2 = f"{PREFIX}/M1", f"{PREFIX}/M2"
@@ -748,10 +757,11 @@ def test_conflicting_link_is_refused_over_handle_and_grpc(node, pb):
         ops = [reg.Operation(operation_id=f"gb-{n}", kind=reg.OPERATION_KIND_UPSERT, handle=gb,
                              values=[common.HandleValue(index=1, type="URL", data=url("gb").encode()),
                                      common.HandleValue(index=10, type=t, data=d.encode())])
-               for n, (t, d) in enumerate([("GS1.DL", DL_SERIAL), ("OID", OID), ("GS1.DL", f"01/{GTIN[:-1]}4")])]
+               for n, (t, d) in enumerate([("GS1.DL", DL_SERIAL), ("ECODE", ECODE_V1),
+                                           ("GS1.DL", f"01/{GTIN[:-1]}4")])]
         res = stub.RegisterBatch(reg.RegisterBatchRequest(operations=ops), timeout=WAIT, metadata=md).results
         assert len(res) == 3
-        for want, r in zip([LINK_SERIAL, f"oid:{OID}"], res[:2]):
+        for want, r in zip([LINK_SERIAL, f"ecode:{ECODE_V1}"], res[:2]):
             assert r.code != 0 and want in r.message and P1 in r.message and gb in r.message, r
             if r.code not in (grpc.StatusCode.ALREADY_EXISTS.value[0], grpc.StatusCode.FAILED_PRECONDITION.value[0],
                               grpc.StatusCode.INVALID_ARGUMENT.value[0]):
