@@ -548,19 +548,14 @@ impl Authority {
         key.push('/');
         key.push_str(oid.as_str());
         let rec = match self.store.get(&key) {
-            Ok(Some(rec)) => rec,
-            Ok(None) => match self.missing(&key) {
-                Ok(linked) => linked,
-                Err(code) => return code,
-            },
+            Ok(Some(rec)) => Ok(rec),
+            Ok(None) => self.missing(&key),
             Err(e) => {
                 tracing::warn!(error = %e, key, "store read failed");
-                return rcode::SERVFAIL;
+                Err(rcode::SERVFAIL)
             }
         };
-        let rec = self.follow_aliases(rec, now);
-        self.write_views(resp, qtype, &rec, now, minimal_any);
-        rcode::NOERROR
+        self.answer_record(resp, qtype, rec, now, minimal_any)
     }
 
     /// Answers for a GS1 key's ONS name from the record linked to it;
@@ -581,14 +576,30 @@ impl Authority {
                 None => Ok(None),
             });
         let rec = match found {
-            Ok(Some(rec)) => rec,
-            Ok(None) => return rcode::NXDOMAIN,
+            Ok(Some(rec)) => Ok(rec),
+            Ok(None) => Err(rcode::NXDOMAIN),
             Err(e) => {
                 tracing::warn!(error = %e, key, "store read failed");
-                return rcode::SERVFAIL;
+                Err(rcode::SERVFAIL)
             }
         };
-        let rec = self.follow_aliases(rec, now);
+        self.answer_record(resp, qtype, rec, now, minimal_any)
+    }
+
+    /// The views of the record a name reached (its aliases followed), or
+    /// the response code when it reached none.
+    fn answer_record(
+        &self,
+        resp: &mut Response<'_>,
+        qtype: u16,
+        rec: Result<RecordBytes, u16>,
+        now: u32,
+        minimal_any: bool,
+    ) -> u16 {
+        let rec = match rec {
+            Ok(rec) => self.follow_aliases(rec, now),
+            Err(code) => return code,
+        };
         self.write_views(resp, qtype, &rec, now, minimal_any);
         rcode::NOERROR
     }

@@ -225,50 +225,22 @@ fn linkset(base: &str, levels: &[(String, Vec<&ResolverLink>)]) -> Value {
 
 /// Language ranges of `Accept-Language`, best first.
 fn languages(headers: &HeaderMap) -> Vec<String> {
-    let Some(raw) = headers
+    let raw = headers
         .get(header::ACCEPT_LANGUAGE)
         .and_then(|v| v.to_str().ok())
-    else {
-        return Vec::new();
-    };
-    let mut ranges: Vec<(f32, usize, String)> = raw
-        .split(',')
-        .take(32)
-        .enumerate()
-        .filter_map(|(i, part)| {
-            let mut it = part.split(';');
-            let tag = it.next()?.trim().to_ascii_lowercase();
-            let q = it
-                .find_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.parse::<f32>().ok())
-                })
-                .unwrap_or(1.0);
-            (!tag.is_empty() && tag != "*" && q > 0.0).then_some((q, i, tag))
-        })
-        .collect();
-    ranges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    ranges.into_iter().map(|(_, _, t)| t).collect()
+        .unwrap_or("");
+    crate::query::weighted(raw)
+        .into_iter()
+        .filter(|(tag, q)| tag != "*" && *q > 0.0)
+        .map(|(tag, _)| tag)
+        .collect()
 }
 
 /// Media ranges of `Accept` with their q-values.
 fn media_ranges(accept: &str) -> Vec<(String, f32)> {
-    accept
-        .split(',')
-        .take(32)
-        .filter_map(|part| {
-            let mut it = part.split(';');
-            let range = it.next()?.trim().to_ascii_lowercase();
-            let q = it
-                .find_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.parse::<f32>().ok())
-                })
-                .unwrap_or(1.0);
-            (range.contains('/')).then_some((range, q))
-        })
+    crate::query::weighted(accept)
+        .into_iter()
+        .filter(|(range, _)| range.contains('/'))
         .collect()
 }
 

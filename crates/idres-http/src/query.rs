@@ -89,6 +89,32 @@ impl Query {
     }
 }
 
+/// The items of a weighted header list (`Accept`, `Accept-Language`):
+/// each lower-cased with its q-value (1 when absent; 0, "not acceptable",
+/// kept), best first, equal weights in the order given. At most 32 items
+/// are read.
+pub(crate) fn weighted(raw: &str) -> Vec<(String, f32)> {
+    let mut items: Vec<(usize, String, f32)> = raw
+        .split(',')
+        .take(32)
+        .enumerate()
+        .filter_map(|(i, part)| {
+            let mut it = part.split(';');
+            let item = it.next()?.trim().to_ascii_lowercase();
+            let q = it
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                })
+                .unwrap_or(1.0);
+            (!item.is_empty()).then_some((i, item, q))
+        })
+        .collect();
+    items.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+    items.into_iter().map(|(_, item, q)| (item, q)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

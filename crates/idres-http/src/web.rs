@@ -119,29 +119,20 @@ impl Lang {
             .get(header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let mut best: Option<(f32, Lang)> = None;
-        for part in accept.split(',').take(32) {
-            let mut it = part.split(';');
-            let tag = it.next().unwrap_or("").trim().to_ascii_lowercase();
-            let q = it
-                .find_map(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|v| v.parse::<f32>().ok())
-                })
-                .unwrap_or(1.0);
-            let lang = if tag == "zh" || tag.starts_with("zh-") {
-                Lang::Zh
-            } else if tag == "en" || tag.starts_with("en-") {
-                Lang::En
-            } else {
-                continue;
-            };
-            if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
-                best = Some((q, lang));
-            }
-        }
-        best.map_or(Lang::En, |(_, l)| l)
+        // The best-weighted of Chinese and English.
+        crate::query::weighted(accept)
+            .into_iter()
+            .filter(|(_, q)| *q > 0.0)
+            .find_map(|(tag, _)| {
+                if tag == "zh" || tag.starts_with("zh-") {
+                    Some(Lang::Zh)
+                } else if tag == "en" || tag.starts_with("en-") {
+                    Some(Lang::En)
+                } else {
+                    None
+                }
+            })
+            .unwrap_or(Lang::En)
     }
 
     fn code(self) -> &'static str {
@@ -777,31 +768,17 @@ fn wants_json(headers: &HeaderMap) -> bool {
 
 async fn json_for(app: &App, raw: &str, q: &Query, parts: &Parts) -> Response {
     let pretty = q.flag("pretty").ok().flatten().unwrap_or(false);
+    // A handle answers as /api/handles/ does; another scheme as
+    // /api/resolve does.
     let other_scheme = idres_service::linked::read(app.handler().schemes(), raw)
         .is_ok_and(|r| r.scheme != "handle");
-    if other_scheme {
-        return match crate::api::any_json(
-            app,
-            raw,
-            q,
-            &parts.headers,
-            parts.extensions.get::<ConnInfo>(),
-        )
-        .await
-        {
-            Ok((status, body)) => json_response(status, &body, pretty),
-            Err(e) => e.into_response(),
-        };
-    }
-    match resolve_json(
-        app,
-        raw,
-        q,
-        &parts.headers,
-        parts.extensions.get::<ConnInfo>(),
-    )
-    .await
-    {
+    let conn = parts.extensions.get::<ConnInfo>();
+    let answer = if other_scheme {
+        crate::api::any_json(app, raw, q, &parts.headers, conn).await
+    } else {
+        resolve_json(app, raw, q, &parts.headers, conn).await
+    };
+    match answer {
         Ok((status, body)) => json_response(status, &body, pretty),
         Err(e) => e.into_response(),
     }
